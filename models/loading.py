@@ -26,7 +26,6 @@ from pathlib import Path
 import yaml
 from demucs.apply import BagOfModels, Model
 from demucs.hf import get_hf_model, hf_repo_name, load_safetensors_model
-from demucs.repo import ModelLoadingError
 from demucs.states import load_model as load_demucs_package
 
 from models.errors import ModelLoadError, ModelMissingError
@@ -116,7 +115,8 @@ def _load_network(path: Path) -> Model:
             network: Model = load_safetensors_model(path)
         else:
             network = load_demucs_package(path)
-    except (ModelLoadingError, OSError, RuntimeError, KeyError, ValueError) as exc:
+    except Exception as exc:
+        # torch.load, pickle and safetensors each raise their own types for a bad file.
         raise ModelLoadError(f"cannot load network weights from {path}: {exc}") from exc
     return network
 
