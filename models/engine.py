@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -151,12 +151,13 @@ class CutWeights:
         return self.base[: cut.length] / total * self.scale
 
 
-def window(mix: torch.Tensor, cut: Cut) -> torch.Tensor:
-    """The model input of `cut`: (channels, window_length), silence outside the track."""
+def window(mix: torch.Tensor, cut: Cut, mean: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """The model input of `cut`: (channels, window_length), normalised by `mean` and
+    `scale`, silence outside the track (padding comes after normalising, as in demucs)."""
     frames = mix.shape[-1]
     begin = max(0, cut.window_start)
     end = min(frames, cut.window_start + cut.window_length)
-    piece = mix[..., begin:end]
+    piece = (mix[..., begin:end] - mean) / scale
     return F.pad(piece, (begin - cut.window_start, cut.window_start + cut.window_length - end))
 
 
@@ -166,13 +167,22 @@ def trim(output: torch.Tensor, cut: Cut) -> torch.Tensor:
     return output[..., offset : offset + cut.length]
 
 
-def precision_context(device: torch.device, precision: str) -> AbstractContextManager[object]:
-    """Autocast for reduced precision; fp32 runs as is."""
+@contextmanager
+def precision_context(device: torch.device, precision: str) -> Iterator[None]:
+    """fp32 as is; bf16 autocasts and, on CUDA, lets matmuls and convolutions use TF32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def separate_windows(
@@ -280,8 +290,9 @@ def separate_track(
     precision: str = "fp32",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Separate one normalised track (channels, frames) in the model's domain.
+    """Separate one track (channels, frames) in the model's domain.
 
+    The mix is normalised as demucs's separator does and the stems are scaled back.
     Calls `on_block(start, block)` with consecutive blocks of shape
     (len(sources), channels, n) that together cover the track exactly once.
     """
@@ -292,12 +303,13 @@ def separate_track(
     frames = mix.shape[-1]
     cuts = cut_track(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
     weight_of = CutWeights(cuts, geometry, shifts=shifts)
+    mean, scale = normalisation(mix)
     accumulator = OverlapAdd(len(names), mix.shape[0], frames)
     for first in range(0, len(cuts), batch_size):
         batch = cuts[first : first + batch_size]
         outputs = separate_windows(
             bag,
-            [window(mix, cut) for cut in batch],
+            [window(mix, cut, mean, scale) for cut in batch],
             sources=names,
             device=device,
             precision=precision,
@@ -307,7 +319,8 @@ def separate_track(
         following = first + batch_size
         upto = cuts[following].start if following < len(cuts) else frames
         if upto > accumulator.done:
-            on_block(accumulator.done, accumulator.release(upto))
+            start = accumulator.done
+            on_block(start, accumulator.release(upto) * scale + mean)
         if on_progress is not None:
             on_progress(min(following, len(cuts)), len(cuts))
 
@@ -338,10 +351,9 @@ def collect_track(
     return torch.cat(blocks, dim=-1)
 
 
-def normalise(mix: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """Normalise a mix as demucs's separator does; return it with the mean and scale."""
+def normalisation(mix: torch.Tensor) -> tuple[float, float]:
+    """Mean and scale of a mix as demucs's separator computes them (on the channel mean)."""
     reference = mix.mean(0)
     mean = float(reference.mean())
     spread = float(reference.std()) if reference.numel() > 1 else 0.0
-    scale = spread + 1e-8
-    return (mix - mean) / scale, mean, scale
+    return mean, spread + 1e-8

@@ -1,0 +1,148 @@
+"""The local command line: separate a file into stems, write random-weight test models.
+
+    python -m models separate song.mp3 --stems vocals,drums --out stems/
+    python -m models make-test-model DIR --like htdemucs_6s --small
+
+Errors the user can fix (bad input, unknown stem, missing weights) end with a one-line
+message on stderr and exit status 1; usage errors exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.audio import DecodeLimits
+from models.encode import FORMATS
+from models.engine import PRECISIONS
+from models.errors import SeparationError
+from models.routing import DEFAULT_ROUTING_PATH, load_routing
+from models.separate import EngineOptions, ModelStore, separate_file
+from models.stems import ALL_STEMS, DEFAULT_STEMS
+from models.testmodel import LAYOUTS, RECIPES, make_test_model
+
+DEVICES = ("cpu", "cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with every option documented for --help."""
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    separate = commands.add_parser(
+        "separate",
+        help="split an audio file into stems",
+        description="Split an audio file into one file per stem, each as long as the input.",
+    )
+    separate.add_argument("input", type=Path, help="audio or video file to separate")
+    separate.add_argument(
+        "--stems",
+        default=",".join(DEFAULT_STEMS),
+        help=f"comma-separated stems (default: %(default)s); known: {', '.join(ALL_STEMS)}",
+    )
+    separate.add_argument("--out", type=Path, required=True, help="folder for the stem files")
+    separate.add_argument("--format", choices=FORMATS, default="wav", help="(default: wav)")
+    separate.add_argument("--model-dir", type=Path, help="local folder with model weights")
+    separate.add_argument(
+        "--no-hub", action="store_true", help="never download weights from the Hugging Face hub"
+    )
+    separate.add_argument(
+        "--routing",
+        type=Path,
+        default=DEFAULT_ROUTING_PATH,
+        help="model routing file (default: configs/models.yaml)",
+    )
+    separate.add_argument("--device", choices=DEVICES, default="cpu", help="(default: cpu)")
+    separate.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16 autocasts (and allows TF32 on CUDA): faster, slightly different",
+    )
+    separate.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
+    separate.add_argument("--overlap", type=float, default=0.25, help="segment overlap")
+    separate.add_argument(
+        "--shifts", type=int, default=0, help="random time shifts to average (0: deterministic)"
+    )
+    separate.add_argument("--seed", type=int, default=0, help="seed for --shifts")
+    separate.add_argument(
+        "--max-duration",
+        type=float,
+        default=DecodeLimits().max_duration_s,
+        help="refuse inputs longer than this many seconds (default: %(default)s)",
+    )
+
+    make = commands.add_parser(
+        "make-test-model",
+        help="write a random-weight model for tests (its stems are noise)",
+        description="Write a random-weight copy of a released demucs model into DIR, "
+        "loadable with --model-dir DIR under the released name.",
+    )
+    make.add_argument("dir", type=Path, help="model folder to write into")
+    make.add_argument("--like", choices=sorted(RECIPES), default="htdemucs_6s")
+    make.add_argument("--small", action="store_true", help="tiny widths for fast tests")
+    make.add_argument(
+        "--layout", choices=LAYOUTS, default="th", help="demucs .th files or hub safetensors"
+    )
+    make.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "separate":
+            return _separate(args)
+        bag_file = make_test_model(
+            args.dir, args.like, small=args.small, layout=args.layout, seed=args.seed
+        )
+        print(bag_file)
+        return 0
+    except (SeparationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _separate(args: argparse.Namespace) -> int:
+    """The `separate` command."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SeparationError("--device cuda was asked for but no CUDA device is available")
+    if not args.input.is_file():
+        raise SeparationError(f"input file not found: {args.input}")
+    store = ModelStore(
+        load_routing(args.routing), model_dir=args.model_dir, use_hub=not args.no_hub
+    )
+    options = EngineOptions(
+        batch_size=args.batch_size,
+        overlap=args.overlap,
+        shifts=args.shifts,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    stems = [name.strip() for name in args.stems.split(",") if name.strip()]
+    limits = DecodeLimits(max_duration_s=args.max_duration)
+    with tqdm(total=100, unit="%", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+
+        def on_progress(fraction: float) -> None:
+            bar.update(round(fraction * 100) - bar.n)
+
+        paths = separate_file(
+            args.input,
+            stems,
+            args.out,
+            fmt=args.format,
+            store=store,
+            options=options,
+            limits=limits,
+            on_progress=on_progress,
+        )
+    for path in paths.values():
+        print(path)
+    return 0
