@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 from demucs.apply import BagOfModels
 
-from models.audio import DEFAULT_LIMITS, DecodeLimits, Track, decode, to_model_input
+from models.audio import DecodeLimits, Track, decode, to_model_input
 from models.encode import FORMATS, OutputConverter, StemEncoder
 from models.engine import Geometry, separate_track
 from models.errors import RoutingError
@@ -75,7 +75,7 @@ def separate_file(
     fmt: str = "wav",
     store: ModelStore | None = None,
     options: EngineOptions = EngineOptions(),
-    limits: DecodeLimits = DEFAULT_LIMITS,
+    limits: DecodeLimits | None = None,
     on_progress: Progress | None = None,
 ) -> dict[str, Path]:
     """Separate an audio file into `stems`; return the written file of each stem."""
@@ -83,7 +83,7 @@ def separate_file(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     store = store or ModelStore(load_routing())
     plan = make_plan(stems, store.routing)
-    track = decode(source, limits)
+    track = decode(source, limits or DecodeLimits())
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}

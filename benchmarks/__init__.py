@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory of the separation core, measured against demucs itself."""

@@ -1,0 +1,41 @@
+"""Shared pieces of the benchmarks: synthetic songs, model folders, peak memory."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import numpy as np
+
+from models.encode import StemEncoder
+from models.testmodel import make_test_model
+
+RATE = 44100
+
+
+def write_song(path: Path, seconds: float, *, rate: int = RATE, block_s: float = 10.0) -> Path:
+    """Write a stereo 16-bit WAV of chords, clicks and noise, block by block."""
+    generator = np.random.default_rng(0)
+    frames = int(seconds * rate)
+    block = int(block_s * rate)
+    with StemEncoder(path, "wav", sample_rate=rate, channels=2, layout="stereo") as encoder:
+        for start in range(0, frames, block):
+            times = np.arange(start, min(start + block, frames)) / rate
+            chord = sum(np.sin(2 * np.pi * f * times) for f in (110.0, 138.6, 164.8)) * 0.15
+            clicks = (np.mod(times, 0.5) < 0.004) * 0.4
+            noise = generator.normal(0.0, 0.02, size=(2, times.size))
+            encoder.write((chord + clicks + noise).astype(np.float32))
+    return path
+
+
+def model_folder(root: Path, like: str, *, small: bool = False) -> Path:
+    """A folder with a random-weight copy of `like`, written once."""
+    folder = root / f"{like}{'-small' if small else ''}"
+    if not (folder / f"{like}.yaml").exists():
+        make_test_model(folder, like, small=small)
+    return folder
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
