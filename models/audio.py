@@ -78,9 +78,6 @@ class DecodeLimits:
             raise ValueError("max_input_bytes must be positive")
 
 
-DEFAULT_LIMITS = DecodeLimits()
-
-
 @dataclass(frozen=True)
 class Track:
     """Decoded audio: float32 samples shaped (channels, frames), C-contiguous."""
@@ -116,7 +113,7 @@ class Track:
         return self.frames / self.sample_rate
 
 
-def decode(source: str | os.PathLike[str] | bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Track:
+def decode(source: str | os.PathLike[str] | bytes, limits: DecodeLimits = DecodeLimits()) -> Track:
     """Decode the first audio stream of a file, or of its bytes, within `limits`."""
     name = _input_name(source)
     with _open_input(source, limits, name) as data:
@@ -219,7 +216,7 @@ def _open_input(
         return io.BytesIO(source)
     try:
         data = open(source, "rb")  # noqa: SIM115 - the caller closes it
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise AudioError(f"{name}: the file cannot be read") from error
     try:
         status = os.fstat(data.fileno())

@@ -1,22 +1,16 @@
-"""Streaming conversion of stems back to the input's domain, and stem file encoders.
-
-`OutputConverter` takes stem blocks as the model emits them (stereo, at the model rate)
-and returns them in the input's channel layout and sample rate, block by block: stereo to
-mono is the mean of the two channels; stereo to more channels is the transpose of
-`models.audio.stereo_downmix_matrix`, an explicit matrix (not libswresample's upmix) that
-puts each side back into every channel that was folded into it, at the gain it was folded
-with, so front left/right get the stem at unity. The rate is converted with a streaming
-soxr resampler, and the total length is made exactly that of the input.
-
-`StemEncoder` writes one stem incrementally as 16-bit WAV, 16-bit FLAC or 320 kbps CBR MP3
-(libmp3lame; below 32 kHz, the highest bitrate that MPEG version allows). Samples are
-clipped to [-1, 1] before conversion, never rescaled and never wrapped around: stems keep
-their level and still sum to the mixture wherever the mixture itself did not clip. Integer
-conversion follows FFmpeg (scale by 32768, saturate), so 16-bit values survive a decode.
-WAV and FLAC files decode to exactly the frames written. MP3 files do too, except when the
-frame count modulo the MP3 frame length (1152 samples, 576 below 32 kHz) is between 1 and
-46: FFmpeg's muxer cannot record more than one frame of end padding, so decoders then return
-up to 46 extra trailing samples of near silence.
+"""Streaming conversion of stems back to the input's domain, and the stem file encoders.
+`OutputConverter` turns stereo blocks at the model rate into the input's layout (mono: the
+mean; more channels: the transpose of `models.audio.stereo_downmix_matrix`, an explicit
+matrix rather than libswresample's upmix, so each side lands in the channels that were folded
+into it, front left/right at unity) and rate (a streaming soxr resampler), exactly
+`total_frames` long. `StemEncoder` writes 16-bit WAV, 16-bit FLAC or 320 kbps CBR MP3
+(libmp3lame; below 32 kHz the highest bitrate that MPEG version allows) block by block.
+Samples are clipped to [-1, 1] before conversion, never rescaled and never wrapped around,
+so stems keep their level and still sum to the mixture wherever the mixture did not clip.
+WAV and FLAC decode to exactly the frames written; MP3 does too, except that when the frame
+count modulo the MP3 frame length (1152, or 576 below 32 kHz) is 1 to 46, FFmpeg's muxer
+cannot record that much end padding and decoders return 47 minus that remainder extra
+trailing samples of near silence.
 """
 
 from __future__ import annotations

@@ -21,9 +21,16 @@ import torch
 from demucs.apply import BagOfModels
 
 from models.audio import DecodeLimits, Track, decode, to_model_input
-from models.encode import FORMATS, OutputConverter, StemEncoder
+from models.encode import (
+    FLAC_MAX_CHANNELS,
+    FORMATS,
+    MP3_MAX_CHANNELS,
+    MP3_SAMPLE_RATES,
+    OutputConverter,
+    StemEncoder,
+)
 from models.engine import Geometry, separate_track
-from models.errors import RoutingError
+from models.errors import AudioError, RoutingError
 from models.loading import load_model
 from models.planner import Pass, Plan, make_plan
 from models.routing import DerivedStem, Routing, load_routing
@@ -84,16 +91,20 @@ def separate_file(
     store = store or ModelStore(load_routing())
     plan = make_plan(stems, store.routing)
     track = decode(source, limits or DecodeLimits())
+    check_format(fmt, track)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}
-    encoders = {
-        stem: StemEncoder(
-            path, fmt, sample_rate=track.sample_rate, channels=track.channels, layout=track.layout
-        )
-        for stem, path in paths.items()
-    }
+    encoders: dict[str, StemEncoder] = {}
     try:
+        for stem, path in paths.items():
+            encoders[stem] = StemEncoder(
+                path,
+                fmt,
+                sample_rate=track.sample_rate,
+                channels=track.channels,
+                layout=track.layout,
+            )
         run_plan(plan, track, store, encoders, options=options, on_progress=on_progress)
     except BaseException:
         # A half-written stem is worse than none: remove every file of this run.
@@ -105,6 +116,19 @@ def separate_file(
     for encoder in encoders.values():
         encoder.close()
     return paths
+
+
+def check_format(fmt: str, track: Track) -> None:
+    """Refuse, before any work, an output format that cannot hold the input's shape."""
+    if fmt == "mp3" and (
+        track.channels > MP3_MAX_CHANNELS or track.sample_rate not in MP3_SAMPLE_RATES
+    ):
+        raise AudioError(
+            f"mp3 cannot hold {track.channels} channels at {track.sample_rate} Hz; "
+            "ask for wav or flac"
+        )
+    if fmt == "flac" and track.channels > FLAC_MAX_CHANNELS:
+        raise AudioError(f"flac cannot hold {track.channels} channels; ask for wav")
 
 
 def run_plan(

@@ -72,7 +72,7 @@ def test_equals_apply_model_with_seeded_shifts(model_dir: Path) -> None:
     # generator seeded alike draws the same shift offsets as ours.
     loaded = load_model("hdemucs_mmi", model_dir=model_dir, use_hub=False)
     # A 4-second segment (HDemucs takes any) keeps the test fast with several cuts.
-    bag = BagOfModels(list(loaded.models), loaded.weights, segment=4.0)
+    bag = BagOfModels(list(loaded.models), loaded.weights, segment=4.0)  # type: ignore[arg-type]
     mix = random_mix(int(segment_length(bag) * 2.3), seed=2)
     random.seed(5)
     expected = reference(bag, mix, shifts=2)

@@ -10,7 +10,7 @@ import pytest
 
 from models.audio import decode
 from models.encode import StemEncoder
-from models.errors import ModelMissingError, UnservedStemError
+from models.errors import AudioError, ModelMissingError, UnservedStemError
 from models.routing import load_routing, parse_routing
 from models.separate import EngineOptions, ModelStore, separate_file
 
@@ -144,6 +144,14 @@ def test_a_failed_run_leaves_no_files(tmp_path: Path) -> None:
     with pytest.raises(ModelMissingError):
         separate_file(source, ["vocals", "bass"], tmp_path / "out", store=store)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_mp3_of_a_shape_it_cannot_hold_is_refused_up_front(tmp_path: Path, model_dir: Path) -> None:
+    source = tmp_path / "surround.wav"
+    write_input(source, rate=48000, channels=6, layout="5.1", seconds=0.5)
+    with pytest.raises(AudioError, match="mp3 cannot hold 6 channels"):
+        separate_file(source, ["bass"], tmp_path / "out", fmt="mp3", store=store_for(model_dir))
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,131 @@
+"""The command line: separate, make-test-model, --help and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.audio import decode
+from models.cli import build_parser, main
+from models.encode import StemEncoder
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    """One second of stereo noise at 48 kHz, as FLAC."""
+    path = tmp_path / "song.flac"
+    samples = np.random.default_rng(0).normal(0, 0.1, size=(2, 48000)).astype(np.float32)
+    with StemEncoder(path, "flac", sample_rate=48000, channels=2, layout="stereo") as encoder:
+        encoder.write(samples)
+    return path
+
+
+def test_separate_writes_one_file_per_stem(
+    song: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "stems"
+    status = main(
+        ["separate", str(song), "--stems", "vocals,drums", "--out", str(out),
+         "--format", "mp3", "--model-dir", str(model_dir), "--no-hub"]
+    )  # fmt: skip
+    assert status == 0
+    assert sorted(path.name for path in out.iterdir()) == ["drums.mp3", "vocals.mp3"]
+    assert capsys.readouterr().out.split() == [str(out / "vocals.mp3"), str(out / "drums.mp3")]
+    assert decode(out / "vocals.mp3").samples.shape == (2, 48000)
+
+
+def test_default_stems(song: Path, model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stems"
+    assert main(["separate", str(song), "--out", str(out), "--model-dir", str(model_dir)]) == 0
+    names = sorted(path.stem for path in out.iterdir())
+    assert names == ["bass", "drums", "guitar", "piano"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--stems", "vocals,nope"], "unknown stem 'nope'"),
+        (["--stems", "kick_drum"], "no configured model serves 'kick_drum'"),
+        (["--max-duration", "0.5"], "longer than the limit of 0.5 seconds"),
+        (["--device", "cuda"], "CUDA"),
+    ],
+)
+def test_errors_are_one_line(
+    song: Path,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
+) -> None:
+    if "cuda" in arguments and __import__("torch").cuda.is_available():
+        arguments = ["--stems", "nope"]
+        message = "unknown stem"
+    base = ["separate", str(song), "--out", str(tmp_path / "o"), "--model-dir", str(model_dir)]
+    assert main(base + arguments) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ")
+    assert message in error
+    assert error.count("\n") == 1
+
+
+def test_missing_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["separate", str(tmp_path / "absent.wav"), "--out", str(tmp_path)]) == 1
+    assert "input file not found" in capsys.readouterr().err
+
+
+def test_not_audio(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.mp3"
+    text.write_text("these are not the droids\n" * 100)
+    status = main(
+        ["separate", str(text), "--out", str(tmp_path / "o"), "--model-dir", str(model_dir)]
+    )
+    assert status == 1
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_help_documents_every_option() -> None:
+    parser = build_parser()
+    help_text = parser.parse_args(["separate", "x", "--out", "y"])  # parses
+    assert help_text.command == "separate"
+    separate_help = subprocess.run(
+        [sys.executable, "-m", "models", "separate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--stems", "--out", "--format", "--model-dir", "--device", "--precision",
+                   "--batch-size", "--shifts", "--seed", "--overlap", "--no-hub", "--routing",
+                   "--max-duration"):  # fmt: skip
+        assert option in separate_help
+
+
+def test_make_test_model_then_separate_with_it(tmp_path: Path, song: Path) -> None:
+    folder = tmp_path / "weights"
+    assert main(["make-test-model", str(folder), "--like", "htdemucs_6s", "--small"]) == 0
+    assert (folder / "htdemucs_6s.yaml").is_file()
+    out = tmp_path / "stems"
+    status = main(["separate", str(song), "--stems", "piano", "--out", str(out),
+                   "--model-dir", str(folder), "--no-hub"])  # fmt: skip
+    assert status == 0
+    assert (out / "piano.wav").is_file()
+
+
+def test_missing_weights_name_the_folder_and_the_hub(tmp_path: Path, song: Path) -> None:
+    # A real `python -m models` process, offline: the hub is asked and says no at once.
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(
+        [sys.executable, "-m", "models", "separate", str(song), "--stems", "vocals",
+         "--out", str(tmp_path / "o"), "--model-dir", str(tmp_path)],
+        capture_output=True, text=True, env=environment, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "'htdemucs_6s' not found" in result.stderr
+    assert str(tmp_path / "htdemucs_6s.yaml") in result.stderr
+    assert "Hugging Face hub adefossez/HTDemucs-6s" in result.stderr
