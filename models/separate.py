@@ -21,6 +21,7 @@ import torch
 from demucs.apply import BagOfModels
 
 from models.audio import DecodeLimits, Track, decode, to_model_input
+from models.derive import Combination, expand
 from models.encode import (
     FLAC_MAX_CHANNELS,
     FORMATS,
@@ -30,13 +31,14 @@ from models.encode import (
     StemEncoder,
 )
 from models.engine import Geometry, separate_track
-from models.errors import AudioError, RoutingError
+from models.errors import AudioError
 from models.loading import load_model
 from models.planner import Pass, Plan, make_plan
-from models.routing import DerivedStem, Routing, load_routing
+from models.routing import Routing, load_routing
 from models.stems import MIXTURE
 
 Progress = Callable[[float], None]
+WRITE_BLOCK = 1 << 18  # frames per encoder call for whole-track derived stems
 Samples = npt.NDArray[np.float32]
 
 
@@ -140,8 +142,26 @@ def run_plan(
     options: EngineOptions = EngineOptions(),
     on_progress: Progress | None = None,
 ) -> None:
-    """Run every pass of `plan` on `track`, writing requested stems to `encoders`."""
+    """Run every pass of `plan` on `track`, writing requested stems to `encoders`.
+
+    A derived stem whose model stems all come from one pass is computed beside them,
+    block by block; one that draws on several passes is summed into a whole-track
+    array as the passes go and written at the end.
+    """
     cascade_inputs = {step.input for step in plan.passes if step.input != MIXTURE}
+    pass_of = {stem: number for number, step in enumerate(plan.passes) for stem in step.outputs}
+    combinations = [
+        expand(stem, store.routing.derived) for stem in plan.stems if stem in store.routing.derived
+    ]
+    streamed: dict[int, list[Combination]] = {}
+    summed: dict[str, tuple[Combination, Samples]] = {}
+    for combination in combinations:
+        passes = {pass_of[stem] for stem in combination.stems()}
+        if len(passes) == 1:
+            streamed.setdefault(passes.pop(), []).append(combination)
+        else:
+            share = sum(coefficient for stem, coefficient in combination.terms if stem == MIXTURE)
+            summed[combination.name] = (combination, (share * track.samples).astype(np.float32))
     held: dict[str, torch.Tensor] = {}
     for number, step in enumerate(plan.passes):
         bag = store.get(step.model)
@@ -151,21 +171,21 @@ def run_plan(
                 to_model_input(track, geometry.samplerate, geometry.audio_channels)
             )
         else:
-            mix = held.pop(step.input)
-        derived = _derivations_in(step, plan)
-        writer = _PassWriter(step, track, geometry, encoders, derived, cascade_inputs)
+            mix = held[step.input]
+        writer = _PassWriter(
+            step, track, geometry, encoders, streamed.get(number, []), summed, cascade_inputs
+        )
 
         def report(done: int, total: int, number: int = number) -> None:
             if on_progress is not None:
                 on_progress((number + done / total) / len(plan.passes))
 
         entry = store.routing.models[step.model]
-        sources = [entry.outputs[stem] for stem in step.outputs]
         separate_track(
             bag,
             mix,
             writer.write,
-            sources=sources,
+            sources=[entry.outputs[stem] for stem in step.outputs],
             batch_size=options.batch_size,
             overlap=options.overlap,
             shifts=options.shifts,
@@ -176,29 +196,14 @@ def run_plan(
         )
         writer.finish()
         held.update(writer.held())
-
-
-def _derivations_in(step: Pass, plan: Plan) -> list[DerivedStem]:
-    """The derivations this pass completes; each must draw on this pass alone."""
-    ready = []
-    for derivation in plan.derived:
-        sources = set(derivation.minus)
-        if sources <= set(step.outputs):
-            if derivation.base != MIXTURE:
-                raise RoutingError(
-                    f"derived stem {derivation.name!r}: only the mixture can be a base for now"
-                )
-            ready.append(derivation)
-        elif sources & set(step.outputs):
-            raise RoutingError(
-                f"derived stem {derivation.name!r} subtracts stems of several model passes"
-            )
-    return ready
+    for name, (_combination, samples) in summed.items():
+        for start in range(0, track.frames, WRITE_BLOCK):
+            encoders[name].write(samples[:, start : start + WRITE_BLOCK])
 
 
 class _PassWriter:
-    """Takes one pass's blocks: converts requested stems to the output domain and encodes
-    them, computes derivations beside them, and holds stems that feed later passes."""
+    """Takes one pass's blocks: converts stems to the output domain, computes derived
+    stems beside them, encodes what was asked for, and holds stems for later passes."""
 
     def __init__(
         self,
@@ -206,18 +211,19 @@ class _PassWriter:
         track: Track,
         geometry: Geometry,
         encoders: Mapping[str, StemEncoder],
-        derived: Sequence[DerivedStem],
+        streamed: Sequence[Combination],
+        summed: Mapping[str, tuple[Combination, Samples]],
         cascade_inputs: set[str],
     ) -> None:
         self.step = step
         self.track = track
         self.encoders = encoders
-        self.derived = derived
-        self.cascade_inputs = cascade_inputs
+        self.streamed = streamed
+        self.summed = summed
         self.position = 0  # output-domain frames written so far
         wanted = set(encoders)
-        for derivation in derived:
-            wanted.update(derivation.minus)
+        for combination in [*streamed, *(entry[0] for entry in summed.values())]:
+            wanted.update(combination.stems())
         self.converters = {
             stem: OutputConverter(
                 model_rate=geometry.samplerate,
@@ -259,11 +265,13 @@ class _PassWriter:
             raise RuntimeError(f"stems of one pass fell out of step: {sorted(frames)}")
         count = frames.pop()
         span = slice(self.position, self.position + count)
-        for derivation in self.derived:
-            residual = self.track.samples[:, span].copy()
-            for stem in derivation.minus:
-                residual -= converted[stem]
-            converted[derivation.name] = residual
+        mixture = self.track.samples[:, span]
+        for combination in self.streamed:
+            converted[combination.name] = combination.apply(converted, mixture)
+        for combination, samples in self.summed.values():
+            for stem, coefficient in combination.terms:
+                if stem in converted and stem != MIXTURE:
+                    samples[:, span] += coefficient * converted[stem]
         for stem, piece in converted.items():
             if stem in self.encoders:
                 self.encoders[stem].write(piece)

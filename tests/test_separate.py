@@ -120,6 +120,61 @@ def test_a_cascade_feeds_one_pass_into_the_next(tmp_path: Path, model_dir: Path)
     assert fractions[-1] == pytest.approx(1.0)
 
 
+def test_a_derivation_of_a_derivation(tmp_path: Path, model_dir: Path) -> None:
+    routing = parse_routing(
+        {
+            "models": {
+                "htdemucs_6s": {
+                    "family": "demucs",
+                    "weights": "htdemucs_6s",
+                    "outputs": {"vocals": "vocals", "drums": "drums", "bass": "bass"},
+                }
+            },
+            "derived": {
+                "instrumental": {"from": "mixture", "minus": ["vocals"]},
+                "keys": {"from": "instrumental", "minus": ["drums", "bass"]},
+            },
+        }
+    )
+    store = ModelStore(routing, model_dir=model_dir, use_hub=False)
+    source = tmp_path / "song.wav"
+    samples = write_input(source, rate=48000, channels=2, layout="stereo", seconds=1.0)
+    stems = ["vocals", "drums", "bass", "keys"]
+    paths = separate_file(source, stems, tmp_path / "out", store=store)
+    total = sum(decode(paths[stem]).samples for stem in stems)
+    assert np.abs(total - samples).max() <= 4 * LSB
+
+
+def test_a_derivation_across_passes(tmp_path: Path, model_dir: Path) -> None:
+    routing = parse_routing(
+        {
+            "models": {
+                "htdemucs_6s": {
+                    "family": "demucs",
+                    "weights": "htdemucs_6s",
+                    "outputs": {"drums": "drums"},
+                },
+                "drumparts": {
+                    "family": "demucs",
+                    "weights": "htdemucs",
+                    "input": "drums",
+                    "outputs": {"kick_drum": "drums", "snare_drum": "bass"},
+                },
+            },
+            "derived": {"toms": {"from": "drums", "minus": ["kick_drum", "snare_drum"]}},
+        }
+    )
+    store = ModelStore(routing, model_dir=model_dir, use_hub=False)
+    source = tmp_path / "song.wav"
+    write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
+    stems = ["drums", "kick_drum", "snare_drum", "toms"]
+    paths = separate_file(source, stems, tmp_path / "out", store=store)
+    drums = decode(paths["drums"]).samples
+    parts = sum(decode(paths[stem]).samples for stem in ("kick_drum", "snare_drum", "toms"))
+    assert np.abs(parts - drums).max() <= 4 * LSB
+    assert np.abs(decode(paths["toms"]).samples).max() > 10 * LSB
+
+
 def test_options_reach_the_engine(tmp_path: Path, model_dir: Path) -> None:
     source = tmp_path / "song.wav"
     write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
