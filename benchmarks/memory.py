@@ -62,7 +62,7 @@ def main() -> None:
             f"{result['seconds']:.0f} s"
         )
     ratio = results[-1]["peak_mib"] / results[0]["peak_mib"]
-    longest, shortest = results[-1]['minutes'], results[0]['minutes']
+    longest, shortest = results[-1]["minutes"], results[0]["minutes"]
     print(f"peak ratio {longest:g} min / {shortest:g} min = {ratio:.2f}")
 
 
