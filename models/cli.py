@@ -14,19 +14,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from models.audio import DecodeLimits
 from models.encode import FORMATS
-from models.engine import PRECISIONS
+from models.engine import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
 from models.routing import DEFAULT_ROUTING_PATH, load_routing
 from models.separate import EngineOptions, ModelStore, separate_file
 from models.stems import ALL_STEMS, DEFAULT_STEMS
 from models.testmodel import LAYOUTS, RECIPES, make_test_model
-
-DEVICES = ("cpu", "cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ROUTING_PATH,
         help="model routing file (default: configs/models.yaml)",
     )
-    separate.add_argument("--device", choices=DEVICES, default="cpu", help="(default: cpu)")
+    separate.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto (the default) is CUDA when present, else the CPU",
+    )
     separate.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -111,8 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _separate(args: argparse.Namespace) -> int:
     """The `separate` command."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SeparationError("--device cuda was asked for but no CUDA device is available")
+    resolve_device(args.device)  # refuse a missing CUDA device before decoding anything
     if not args.input.is_file():
         raise SeparationError(f"input file not found: {args.input}")
     store = ModelStore(

@@ -29,6 +29,7 @@ from demucs.apply import BagOfModels
 from torch.nn import functional as F
 
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,17 @@ def trim(output: torch.Tensor, cut: Cut) -> torch.Tensor:
     """The delivered frames of a window's output, as demucs's `center_trim`."""
     offset = (cut.window_length - cut.length) // 2
     return output[..., offset : offset + cut.length]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; `cuda` without a CUDA device is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from models.encode import (
     OutputConverter,
     StemEncoder,
 )
-from models.engine import Geometry, separate_track
+from models.engine import Geometry, resolve_device, separate_track
 from models.errors import AudioError
 from models.loading import load_model
 from models.planner import Pass, Plan, make_plan
@@ -44,7 +44,8 @@ Samples = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the segment engine runs; the defaults are deterministic fp32 on the CPU."""
+    """How the segment engine runs; the defaults are deterministic fp32 on the CPU.
+    `device` is one of engine.DEVICES: `auto` picks CUDA when present."""
 
     batch_size: int = 1
     overlap: float = 0.25
@@ -190,7 +191,7 @@ def run_plan(
             overlap=options.overlap,
             shifts=options.shifts,
             seed=options.seed,
-            device=options.device,
+            device=resolve_device(options.device),
             precision=options.precision,
             on_progress=report,
         )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +118,37 @@ def test_make_test_model_then_separate_with_it(tmp_path: Path, song: Path) -> No
                    "--model-dir", str(folder), "--no-hub"])  # fmt: skip
     assert status == 0
     assert (out / "piano.wav").is_file()
+
+
+def test_progress_bar_shows_on_a_terminal(tmp_path: Path, song: Path, model_dir: Path) -> None:
+    # stderr is a real pseudo-terminal here, as in an interactive shell.
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    command = [sys.executable, "-m", "models", "separate", str(song), "--stems", "bass",
+               "--out", str(tmp_path / "o"), "--model-dir", str(model_dir), "--no-hub"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal) as process:
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closes when the process exits
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert process.wait() == 0
+    os.close(controller)
+    assert b"100%|" in shown
+
+
+def test_no_progress_bar_when_not_a_terminal(
+    tmp_path: Path, song: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["separate", str(song), "--stems", "bass", "--out", str(tmp_path / "o"),
+                 "--model-dir", str(model_dir), "--no-hub"]  # fmt: skip
+    assert main(arguments) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_missing_weights_name_the_folder_and_the_hub(tmp_path: Path, song: Path) -> None:

@@ -15,6 +15,7 @@ from models.engine import (
     OverlapAdd,
     collect_track,
     cut_track,
+    resolve_device,
     separate_track,
     separate_windows,
     trim,
@@ -206,3 +207,14 @@ def test_bad_options_are_refused(
 def test_empty_track_is_refused(small_6s: BagOfModels) -> None:
     with pytest.raises(ValueError, match="empty"):
         cut_track(0, Geometry.of(small_6s))
+
+
+def test_device_resolution() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
