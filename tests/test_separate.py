@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,27 @@ def write_input(
 
 def store_for(model_dir: Path) -> ModelStore:
     return ModelStore(load_routing(), model_dir=model_dir, use_hub=False)
+
+
+def cascade_store(model_dir: Path, derived: Mapping[str, object] | None = None) -> ModelStore:
+    """htdemucs_6s, plus a 'drum parts' model (small htdemucs) that reads its drums."""
+    document: dict[str, object] = {
+        "models": {
+            "htdemucs_6s": {
+                "family": "demucs",
+                "weights": "htdemucs_6s",
+                "outputs": {"drums": "drums", "vocals": "vocals"},
+            },
+            "drumparts": {
+                "family": "demucs",
+                "weights": "htdemucs",
+                "input": "drums",
+                "outputs": {"kick_drum": "drums", "snare_drum": "bass"},
+            },
+        },
+        "derived": derived or {},
+    }
+    return ModelStore(parse_routing(document), model_dir=model_dir, use_hub=False)
 
 
 @pytest.mark.parametrize(
@@ -87,24 +109,7 @@ def test_instrumental_alone_runs_vocals_without_writing_them(
 
 
 def test_a_cascade_feeds_one_pass_into_the_next(tmp_path: Path, model_dir: Path) -> None:
-    routing = parse_routing(
-        {
-            "models": {
-                "htdemucs_6s": {
-                    "family": "demucs",
-                    "weights": "htdemucs_6s",
-                    "outputs": {"drums": "drums", "vocals": "vocals"},
-                },
-                "drumparts": {
-                    "family": "demucs",
-                    "weights": "htdemucs",
-                    "input": "drums",
-                    "outputs": {"kick_drum": "drums", "snare_drum": "bass"},
-                },
-            }
-        }
-    )
-    store = ModelStore(routing, model_dir=model_dir, use_hub=False)
+    store = cascade_store(model_dir)
     source = tmp_path / "song.wav"
     samples = write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
     fractions: list[float] = []
@@ -146,25 +151,8 @@ def test_a_derivation_of_a_derivation(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_a_derivation_across_passes(tmp_path: Path, model_dir: Path) -> None:
-    routing = parse_routing(
-        {
-            "models": {
-                "htdemucs_6s": {
-                    "family": "demucs",
-                    "weights": "htdemucs_6s",
-                    "outputs": {"drums": "drums"},
-                },
-                "drumparts": {
-                    "family": "demucs",
-                    "weights": "htdemucs",
-                    "input": "drums",
-                    "outputs": {"kick_drum": "drums", "snare_drum": "bass"},
-                },
-            },
-            "derived": {"toms": {"from": "drums", "minus": ["kick_drum", "snare_drum"]}},
-        }
-    )
-    store = ModelStore(routing, model_dir=model_dir, use_hub=False)
+    toms = {"toms": {"from": "drums", "minus": ["kick_drum", "snare_drum"]}}
+    store = cascade_store(model_dir, derived=toms)
     source = tmp_path / "song.wav"
     write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
     stems = ["drums", "kick_drum", "snare_drum", "toms"]
