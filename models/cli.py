@@ -1,6 +1,7 @@
 """The local command line: separate a file into stems, write random-weight test models.
 
     python -m models separate song.mp3 --stems vocals,drums --out stems/
+    python -m models preprocess song.mp3 --steps Denoise,Dereverb --out clean.wav
     python -m models make-test-model DIR --like htdemucs_6s --small
 
 Errors the user can fix (bad input, unknown stem, missing weights) end with a one-line
@@ -16,12 +17,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.audio import DecodeLimits
-from models.encode import FORMATS
+from models.audio import DecodeLimits, decode
+from models.encode import FORMATS, StemEncoder
 from models.engine import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
+from models.preprocess import STEPS, parse_steps, preprocess
 from models.routing import DEFAULT_ROUTING_PATH, load_routing
-from models.separate import EngineOptions, ModelStore, separate_file
+from models.separate import EngineOptions, ModelStore, check_format, separate_file
 from models.stems import ALL_STEMS, DEFAULT_STEMS
 from models.testmodel import LAYOUTS, RECIPES, make_test_model
 
@@ -44,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     separate.add_argument("--out", type=Path, required=True, help="folder for the stem files")
     separate.add_argument("--format", choices=FORMATS, default="wav", help="(default: wav)")
+    separate.add_argument(
+        "--preprocess",
+        default="",
+        help=f"comma-separated steps to apply first, run in the order {', '.join(STEPS)}",
+    )
     separate.add_argument("--model-dir", type=Path, help="local folder with model weights")
     separate.add_argument(
         "--no-hub", action="store_true", help="never download weights from the Hugging Face hub"
@@ -79,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse inputs longer than this many seconds (default: %(default)s)",
     )
 
+    clean = commands.add_parser(
+        "preprocess",
+        help="clean an audio file (Denoise, Deecho, Dereverb) without separating it",
+        description="Write the input, cleaned by the named steps, to FILE; the format "
+        "follows FILE's suffix (.wav, .flac or .mp3).",
+    )
+    clean.add_argument("input", type=Path, help="audio or video file to clean")
+    clean.add_argument("--steps", required=True, help=f"comma-separated, from {', '.join(STEPS)}")
+    clean.add_argument("--out", type=Path, required=True, help="file to write")
+    clean.add_argument("--device", choices=DEVICES, default="auto", help="(default: auto)")
+
     make = commands.add_parser(
         "make-test-model",
         help="write a random-weight model for tests (its stems are noise)",
@@ -101,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "separate":
             return _separate(args)
+        if args.command == "preprocess":
+            return _preprocess(args)
         bag_file = make_test_model(
             args.dir, args.like, small=args.small, layout=args.layout, seed=args.seed
         )
@@ -127,7 +147,7 @@ def _separate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
-    stems = [name.strip() for name in args.stems.split(",") if name.strip()]
+    stems = _names(args.stems)
     limits = DecodeLimits(max_duration_s=args.max_duration)
     with tqdm(total=100, unit="%", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
 
@@ -142,8 +162,37 @@ def _separate(args: argparse.Namespace) -> int:
             store=store,
             options=options,
             limits=limits,
+            preprocessing=_names(args.preprocess),
             on_progress=on_progress,
         )
     for path in paths.values():
         print(path)
     return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    """The `preprocess` command."""
+    fmt = args.out.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise SeparationError(f"--out must end in one of .{', .'.join(FORMATS)}")
+    steps = parse_steps(_names(args.steps))
+    if not steps:
+        raise SeparationError(f"--steps names no step; choose from {', '.join(STEPS)}")
+    device = resolve_device(args.device).type
+    if not args.input.is_file():
+        raise SeparationError(f"input file not found: {args.input}")
+    track = decode(args.input)
+    check_format(fmt, track)
+    cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with StemEncoder(
+        args.out, fmt, sample_rate=track.sample_rate, channels=track.channels, layout=track.layout
+    ) as encoder:
+        encoder.write(cleaned)
+    print(args.out)
+    return 0
+
+
+def _names(value: str) -> list[str]:
+    """Split a comma-separated option into names."""
+    return [name.strip() for name in value.split(",") if name.strip()]

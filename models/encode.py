@@ -168,7 +168,7 @@ class StemEncoder:
         if fmt not in _CODECS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         _check_layout(layout, channels)
-        _check_supported(fmt, sample_rate, channels)
+        check_supported(fmt, sample_rate, channels)
         self._codec = _CODECS[fmt]
         self._sample_rate = sample_rate
         self._channels = channels
@@ -259,7 +259,7 @@ def _check_layout(layout: str, channels: int) -> None:
         raise ValueError(f"layout {layout!r} does not have {channels} channels")
 
 
-def _check_supported(fmt: str, sample_rate: int, channels: int) -> None:
+def check_supported(fmt: str, sample_rate: int, channels: int) -> None:
     """Refuse rates and channel counts the format cannot store."""
     if sample_rate <= 0:
         raise ValueError("the sample rate must be positive")

@@ -48,3 +48,7 @@ class UnservedStemError(StemError):
 
 class RoutingError(SeparationError):
     """The model routing configuration is invalid."""
+
+
+class PreprocessError(SeparationError):
+    """An unknown preprocessing step or an invalid preprocessing option."""

@@ -1,4 +1,4 @@
-"""One track end to end, without Ray: decode, plan, run the passes, derive, encode.
+"""One track end to end, without Ray: decode, preprocess, plan, run the passes, derive, encode.
 
 `separate_file` is what the command line runs and what the service's pipeline mirrors
 with Ray handles in between. Memory stays bounded in track length: the input is held
@@ -22,18 +22,12 @@ from demucs.apply import BagOfModels
 
 from models.audio import DecodeLimits, Track, decode, to_model_input
 from models.derive import Combination, expand
-from models.encode import (
-    FLAC_MAX_CHANNELS,
-    FORMATS,
-    MP3_MAX_CHANNELS,
-    MP3_SAMPLE_RATES,
-    OutputConverter,
-    StemEncoder,
-)
+from models.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.engine import Geometry, resolve_device, separate_track
 from models.errors import AudioError
 from models.loading import load_model
 from models.planner import Pass, Plan, make_plan
+from models.preprocess import parse_steps, preprocess
 from models.routing import Routing, load_routing
 from models.stems import MIXTURE
 
@@ -86,15 +80,22 @@ def separate_file(
     store: ModelStore | None = None,
     options: EngineOptions = EngineOptions(),
     limits: DecodeLimits | None = None,
+    preprocessing: Sequence[str] | None = None,
     on_progress: Progress | None = None,
 ) -> dict[str, Path]:
-    """Separate an audio file into `stems`; return the written file of each stem."""
+    """Separate an audio file into `stems`, after the named preprocessing steps;
+    return the written file of each stem."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     store = store or ModelStore(load_routing())
     plan = make_plan(stems, store.routing)
+    steps = parse_steps(preprocessing)
     track = decode(source, limits or DecodeLimits())
     check_format(fmt, track)
+    if steps:
+        device = resolve_device(options.device).type
+        cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
+        track = Track(cleaned, track.sample_rate, track.layout)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}
@@ -123,15 +124,10 @@ def separate_file(
 
 def check_format(fmt: str, track: Track) -> None:
     """Refuse, before any work, an output format that cannot hold the input's shape."""
-    if fmt == "mp3" and (
-        track.channels > MP3_MAX_CHANNELS or track.sample_rate not in MP3_SAMPLE_RATES
-    ):
-        raise AudioError(
-            f"mp3 cannot hold {track.channels} channels at {track.sample_rate} Hz; "
-            "ask for wav or flac"
-        )
-    if fmt == "flac" and track.channels > FLAC_MAX_CHANNELS:
-        raise AudioError(f"flac cannot hold {track.channels} channels; ask for wav")
+    try:
+        check_supported(fmt, track.sample_rate, track.channels)
+    except ValueError as exc:
+        raise AudioError(f"{exc}; ask for wav, which holds any input") from exc
 
 
 def run_plan(
