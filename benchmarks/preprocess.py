@@ -54,8 +54,14 @@ def effect(seed: int) -> None:
         print(f"  Deecho   {label}: echo -{drop:.1f} dB, SDR +{better:.1f} dB")
     for rt60 in (0.6, 1.2):
         response = room_impulse(rt60, RATE, seed=seed)
+        # A room adds level; bring the wet mix (and its target alike) below full scale,
+        # or the step's own peak limit would be counted as an effect.
         wet = reverberate(clean, response, sample_rate=RATE)
-        target = reverberate(clean, response, upto_s=0.05, sample_rate=RATE)
+        gain = 0.9 / float(np.abs(wet).max())
+        wet = (wet * gain).astype(np.float32)
+        target = (reverberate(clean, response, upto_s=0.05, sample_rate=RATE) * gain).astype(
+            np.float32
+        )
         cleaned = preprocess(wet, RATE, ["Dereverb"])
         better = sdr_db(target, cleaned) - sdr_db(target, wet)
         tail = energy_db(wet - target) - energy_db(cleaned - target)
