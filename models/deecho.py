@@ -31,6 +31,7 @@ import torch
 from scipy import fft as scipy_fft
 
 from models.errors import PreprocessError
+from models.steps import limit_peak, step_device
 
 Samples = npt.NDArray[np.float32]
 
@@ -118,16 +119,12 @@ def deecho(
     options = options or DeechoOptions()
     options.validate()
     audio = _check_samples(samples, sample_rate)
-    target = _check_device(device)
+    target = step_device(device)
     tensor = torch.from_numpy(audio).to(target)
     echoes = find_echoes(tensor, sample_rate, options)
     for echo in echoes:
         tensor = _remove_echo(tensor, echo)
-    result = tensor.cpu().numpy()
-    peak = float(np.abs(result).max()) if result.size else 0.0
-    if peak > 1.0:
-        result = result / peak
-    return np.ascontiguousarray(result, dtype=np.float32)
+    return limit_peak(tensor.cpu().numpy())
 
 
 def find_echoes(audio: torch.Tensor, sample_rate: int, options: DeechoOptions) -> list[Echo]:
@@ -227,16 +224,3 @@ def _check_samples(samples: Samples, sample_rate: int) -> Samples:
     if not np.isfinite(audio).all():
         raise PreprocessError("samples must be finite (no NaN or infinity)")
     return audio
-
-
-def _check_device(device: str) -> torch.device:
-    """The torch device for `device`, refusing one this machine does not have."""
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise PreprocessError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from error
-    if target.type not in ("cpu", "cuda"):
-        raise PreprocessError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise PreprocessError("device 'cuda' asked for but CUDA is not available")
-    return target

@@ -30,6 +30,7 @@ from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import istft, stft
 
 from models.errors import PreprocessError
+from models.steps import limit_peak, step_device
 
 Samples = npt.NDArray[np.float32]
 
@@ -106,6 +107,7 @@ def denoise(
     as it is faster there than the torch gate.
     """
     options = options or DenoiseOptions()
+    target = step_device(device)
     if samples.ndim != 2 or samples.shape[0] < 1:
         raise PreprocessError("denoise expects samples shaped (channels, frames)")
     if sample_rate <= 0:
@@ -133,15 +135,11 @@ def denoise(
                 # would halve the gate on the bass bins: smooth in time only.
                 freq_mask_smooth_hz=None,
                 time_mask_smooth_ms=max(options.time_mask_smooth_ms, 1.5 * hop_ms),
-                use_torch=device != "cpu",
-                device=device,
+                use_torch=target.type != "cpu",
+                device=target.type,
             )
         )
-    result = np.stack(channels).astype(np.float32)
-    peak = float(np.abs(result).max())
-    if peak > 1.0:
-        result /= peak
-    return np.ascontiguousarray(result)
+    return limit_peak(np.stack(channels).astype(np.float32))
 
 
 def noise_floor(

@@ -50,8 +50,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.engine import resolve_device
 from models.errors import AudioError, PreprocessError
+from models.steps import limit_peak, step_device
 
 Samples = npt.NDArray[np.float32]
 
@@ -132,10 +132,7 @@ def dereverb(
     """
     options = options or DereverbOptions()
     options.validate()
-    try:
-        target = resolve_device(device)
-    except ValueError as error:
-        raise PreprocessError(f"dereverb: {error}") from error
+    target = step_device(device)
     if not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
         raise PreprocessError(f"sample rate must be 8000 to 384000 Hz, got {sample_rate!r}")
     if audio.ndim != 2 or not 1 <= audio.shape[0] <= MAX_CHANNELS:
@@ -148,8 +145,7 @@ def dereverb(
         result = _dereverb_tensor(
             torch.from_numpy(result).to(target), geometry, options, sample_rate
         )
-    peak = float(np.abs(result).max(initial=0.0))
-    return result / peak if peak > 1.0 else result
+    return limit_peak(result)
 
 
 def _dereverb_tensor(

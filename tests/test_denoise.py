@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from models.denoise import DenoiseOptions, denoise
 from models.errors import PreprocessError
@@ -119,3 +120,12 @@ def test_invalid_options_raise(options: dict[str, object]) -> None:
 def test_invalid_input_raises() -> None:
     with pytest.raises(PreprocessError):
         denoise(np.zeros(10, dtype=np.float32), RATE)
+
+
+def test_unknown_or_missing_device_is_refused() -> None:
+    quiet = np.zeros((2, 100), dtype=np.float32)
+    with pytest.raises(PreprocessError, match="device must be one of"):
+        denoise(quiet, RATE, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PreprocessError, match="no CUDA device"):
+            denoise(quiet, RATE, device="cuda")
