@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "loadable with --model-dir DIR under the released name.",
     )
     make.add_argument("dir", type=Path, help="model folder to write into")
-    make.add_argument("--like", choices=sorted(RECIPES), default="htdemucs_6s")
+    make.add_argument(
+        "--like",
+        choices=sorted(RECIPES),
+        default="htdemucs_6s",
+        help="released model whose architecture and name to copy (default: %(default)s)",
+    )
     make.add_argument("--small", action="store_true", help="tiny widths for fast tests")
     make.add_argument(
         "--layout", choices=LAYOUTS, default="th", help="demucs .th files or hub safetensors"

@@ -160,13 +160,16 @@ def run_plan(
             share = sum(coefficient for stem, coefficient in combination.terms if stem == MIXTURE)
             summed[combination.name] = (combination, (share * track.samples).astype(np.float32))
     held: dict[str, torch.Tensor] = {}
+    # Passes on the mixture share its conversion to their (rate, channels).
+    mixtures: dict[tuple[int, int], torch.Tensor] = {}
     for number, step in enumerate(plan.passes):
         bag = store.get(step.model)
         geometry = Geometry.of(bag)
         if step.input == MIXTURE:
-            mix = torch.from_numpy(
-                to_model_input(track, geometry.samplerate, geometry.audio_channels)
-            )
+            domain = (geometry.samplerate, geometry.audio_channels)
+            if domain not in mixtures:
+                mixtures[domain] = torch.from_numpy(to_model_input(track, *domain))
+            mix = mixtures[domain]
         else:
             mix = held[step.input]
         writer = _PassWriter(

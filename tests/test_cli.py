@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import pty
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.audio import decode
 from models.cli import build_parser, main
@@ -67,7 +69,7 @@ def test_errors_are_one_line(
     arguments: list[str],
     message: str,
 ) -> None:
-    if "cuda" in arguments and __import__("torch").cuda.is_available():
+    if "cuda" in arguments and torch.cuda.is_available():
         arguments = ["--stems", "nope"]
         message = "unknown stem"
     base = ["separate", str(song), "--out", str(tmp_path / "o"), "--model-dir", str(model_dir)]
@@ -93,20 +95,25 @@ def test_not_audio(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def test_help_documents_every_option() -> None:
-    parser = build_parser()
-    help_text = parser.parse_args(["separate", "x", "--out", "y"])  # parses
-    assert help_text.command == "separate"
-    separate_help = subprocess.run(
-        [sys.executable, "-m", "models", "separate", "--help"],
+@pytest.mark.parametrize("command", ["separate", "preprocess", "make-test-model"])
+def test_help_documents_every_option(command: str) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "models", command, "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    for option in ("--stems", "--out", "--format", "--model-dir", "--device", "--precision",
-                   "--batch-size", "--shifts", "--seed", "--overlap", "--no-hub", "--routing",
-                   "--max-duration"):  # fmt: skip
-        assert option in separate_help
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    for action in commands.choices[command]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{action.dest} has no help text"
+        names = action.option_strings or [action.dest]
+        assert any(name in shown for name in names), f"{names} missing from --help"
 
 
 def test_make_test_model_then_separate_with_it(tmp_path: Path, song: Path) -> None:
