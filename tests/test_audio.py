@@ -432,3 +432,18 @@ def test_model_channels_other_than_mono_or_stereo_are_refused() -> None:
 def test_track_refuses_a_layout_of_another_channel_count() -> None:
     with pytest.raises(ValueError, match="does not have 2 channels"):
         Track(samples=np.zeros((2, 10), dtype=np.float32), sample_rate=44100, layout="5.1")
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_duration_s": 0.0},
+        {"max_decoded_bytes": 0},
+        {"max_channels": 0},
+        {"max_input_bytes": 0},
+        {"min_sample_rate": 48000, "max_sample_rate": 44100},
+    ],
+)
+def test_limits_that_let_nothing_through_are_refused(limits: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        DecodeLimits(**limits)  # type: ignore[arg-type]
