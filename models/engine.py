@@ -51,7 +51,10 @@ class Geometry:
     audio_channels: int
     sources: tuple[str, ...]
     segment_length: int
-    network: torch.nn.Module  # the first network: decides valid input lengths
+    # The first network's `valid_length`: the input length it wants for a delivered
+    # length (None: the same length). A callable, so that a geometry can also be
+    # described by a process that holds no network (the service asks the Separator).
+    valid_length: Callable[[int], int] | None = None
 
     @classmethod
     def of(cls, bag: BagOfModels) -> Geometry:
@@ -64,13 +67,12 @@ class Geometry:
             audio_channels=int(bag.audio_channels),
             sources=tuple(bag.sources),
             segment_length=int(bag.samplerate * segments.pop()),
-            network=bag.models[0],
+            valid_length=getattr(bag.models[0], "valid_length", None),
         )
 
     def window_length(self, length: int) -> int:
         """The input length the model wants for `length` delivered frames."""
-        valid_length = getattr(self.network, "valid_length", None)
-        return int(valid_length(length)) if valid_length is not None else length
+        return int(self.valid_length(length)) if self.valid_length is not None else length
 
 
 def transition_weight(segment_length: int, power: float = 1.0) -> torch.Tensor:
@@ -286,6 +288,9 @@ class OverlapAdd:
 
 
 BlockSink = Callable[[int, torch.Tensor], None]
+# Runs model windows for the named sources; returns one (sources, channels, length)
+# tensor per window. `separate_windows` on a local bag, or a remote Separator.
+WindowRunner = Callable[[Sequence[torch.Tensor], Sequence[str]], list[torch.Tensor]]
 
 
 def separate_track(
@@ -302,7 +307,41 @@ def separate_track(
     precision: str = "fp32",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Separate one track (channels, frames) in the model's domain.
+    """Separate one track (channels, frames) in the model's domain with a local bag;
+    see `stream_track`."""
+
+    def run(windows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
+        return separate_windows(bag, windows, sources=names, device=device, precision=precision)
+
+    stream_track(
+        Geometry.of(bag),
+        run,
+        mix,
+        on_block,
+        sources=sources,
+        batch_size=batch_size,
+        overlap=overlap,
+        shifts=shifts,
+        seed=seed,
+        on_progress=on_progress,
+    )
+
+
+def stream_track(
+    geometry: Geometry,
+    run: WindowRunner,
+    mix: torch.Tensor,
+    on_block: BlockSink,
+    *,
+    sources: Sequence[str] | None = None,
+    batch_size: int = 1,
+    overlap: float = 0.25,
+    shifts: int = 0,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Separate one track (channels, frames) in the model's domain, `batch_size` windows
+    at a time through `run`.
 
     The mix is normalised as demucs's separator does and the stems are scaled back.
     Calls `on_block(start, block)` with consecutive blocks of shape
@@ -310,7 +349,6 @@ def separate_track(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    geometry = Geometry.of(bag)
     names = tuple(geometry.sources) if sources is None else tuple(sources)
     frames = mix.shape[-1]
     cuts = cut_track(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
@@ -319,13 +357,7 @@ def separate_track(
     accumulator = OverlapAdd(len(names), mix.shape[0], frames)
     for first in range(0, len(cuts), batch_size):
         batch = cuts[first : first + batch_size]
-        outputs = separate_windows(
-            bag,
-            [window(mix, cut, mean, scale) for cut in batch],
-            sources=names,
-            device=device,
-            precision=precision,
-        )
+        outputs = run([window(mix, cut, mean, scale) for cut in batch], names)
         for cut, output in zip(batch, outputs, strict=True):
             accumulator.add(cut, trim(output, cut) * weight_of(cut))
         following = first + batch_size

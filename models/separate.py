@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,7 @@ from demucs.apply import BagOfModels
 from models.audio import DecodeLimits, Track, decode, to_model_input
 from models.derive import Combination, expand
 from models.encode import FORMATS, OutputConverter, StemEncoder, check_supported
-from models.engine import Geometry, resolve_device, separate_track
+from models.engine import Geometry, WindowRunner, resolve_device, separate_windows, stream_track
 from models.errors import AudioError
 from models.loading import load_model
 from models.planner import Pass, Plan, make_plan
@@ -71,6 +72,53 @@ class ModelStore:
         return self.loaded[name]
 
 
+class PassModels(Protocol):
+    """The models a plan's passes run on: in this process (`LocalModels`) or behind
+    the service's Separator deployments."""
+
+    @property
+    def routing(self) -> Routing:
+        """Which model serves which stem."""
+        ...
+
+    def geometry(self, model: str) -> Geometry:
+        """How routing entry `model` cuts a track."""
+        ...
+
+    def runner(self, model: str) -> WindowRunner:
+        """Runs windows through routing entry `model`."""
+        ...
+
+
+@dataclass
+class LocalModels:
+    """The models of a `ModelStore`, run in this process on `device`."""
+
+    store: ModelStore
+    device: torch.device
+    precision: str = "fp32"
+
+    @property
+    def routing(self) -> Routing:
+        """The store's routing."""
+        return self.store.routing
+
+    def geometry(self, model: str) -> Geometry:
+        """The geometry of the loaded bag."""
+        return Geometry.of(self.store.get(model))
+
+    def runner(self, model: str) -> WindowRunner:
+        """`separate_windows` on the loaded bag."""
+        bag = self.store.get(model)
+
+        def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            return separate_windows(
+                bag, windows, sources=sources, device=self.device, precision=self.precision
+            )
+
+        return run
+
+
 def separate_file(
     source: str | Path | bytes,
     stems: Sequence[str] | None,
@@ -109,7 +157,8 @@ def separate_file(
                 channels=track.channels,
                 layout=track.layout,
             )
-        run_plan(plan, track, store, encoders, options=options, on_progress=on_progress)
+        models = LocalModels(store, resolve_device(options.device), options.precision)
+        run_plan(plan, track, models, encoders, options=options, on_progress=on_progress)
     except BaseException:
         # A half-written stem is worse than none: remove every file of this run.
         for encoder in encoders.values():
@@ -133,7 +182,7 @@ def check_format(fmt: str, track: Track) -> None:
 def run_plan(
     plan: Plan,
     track: Track,
-    store: ModelStore,
+    models: PassModels,
     encoders: Mapping[str, StemEncoder],
     *,
     options: EngineOptions = EngineOptions(),
@@ -147,9 +196,8 @@ def run_plan(
     """
     cascade_inputs = {step.input for step in plan.passes if step.input != MIXTURE}
     pass_of = {stem: number for number, step in enumerate(plan.passes) for stem in step.outputs}
-    combinations = [
-        expand(stem, store.routing.derived) for stem in plan.stems if stem in store.routing.derived
-    ]
+    routing = models.routing
+    combinations = [expand(stem, routing.derived) for stem in plan.stems if stem in routing.derived]
     streamed: dict[int, list[Combination]] = {}
     summed: dict[str, tuple[Combination, Samples]] = {}
     for combination in combinations:
@@ -163,8 +211,7 @@ def run_plan(
     # Passes on the mixture share its conversion to their (rate, channels).
     mixtures: dict[tuple[int, int], torch.Tensor] = {}
     for number, step in enumerate(plan.passes):
-        bag = store.get(step.model)
-        geometry = Geometry.of(bag)
+        geometry = models.geometry(step.model)
         if step.input == MIXTURE:
             domain = (geometry.samplerate, geometry.audio_channels)
             if domain not in mixtures:
@@ -180,9 +227,10 @@ def run_plan(
             if on_progress is not None:
                 on_progress((number + done / total) / len(plan.passes))
 
-        entry = store.routing.models[step.model]
-        separate_track(
-            bag,
+        entry = routing.models[step.model]
+        stream_track(
+            geometry,
+            models.runner(step.model),
             mix,
             writer.write,
             sources=[entry.outputs[stem] for stem in step.outputs],
@@ -190,8 +238,6 @@ def run_plan(
             overlap=options.overlap,
             shifts=options.shifts,
             seed=options.seed,
-            device=resolve_device(options.device),
-            precision=options.precision,
             on_progress=report,
         )
         writer.finish()

@@ -1,0 +1,350 @@
+"""Reading the Extraction request: its multipart body, within limits, into a checked form.
+
+`read_extraction_form` streams the body of `POST /api/public/v1/Extraction` through
+python-multipart, writing the one file part straight to the spool folder and keeping
+only the small text fields in memory, then checks every field against the stem
+catalogue, this deployment's routing, the preprocessing steps and the output formats.
+Anything it refuses raises FormError, whose status and message `form_error_response`
+turns into the JSON body MusicGPT's clients expect.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from models.encode import FORMATS
+from models.errors import PreprocessError, StemError
+from models.planner import make_plan
+from models.preprocess import STEPS, parse_steps
+from models.routing import Routing
+from serve_app.fetch import describe_size, url_problem
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+AUDIO_FILE = "audio_file"
+FIELDS = (
+    "audio_url",
+    AUDIO_FILE,
+    "stems",
+    "preprocessing_options",
+    "webhook_url",
+    "output_format",
+)
+DEFAULT_FORMAT = "wav"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on one request body; fields are the non-file parts."""
+
+    max_body_bytes: int = 500 * 1024**2
+    max_fields: int = 16
+    max_files: int = 1
+    max_field_bytes: int = 64 * 1024
+
+
+class FormError(Exception):
+    """A refused request: `status` is its HTTP code, `field` the field to fix, if one is."""
+
+    def __init__(self, message: str, *, status: int = 422, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ExtractionForm:
+    """A checked Extraction request; exactly one of `audio_url` and `upload` is set."""
+
+    stems: tuple[str, ...]
+    preprocessing: tuple[str, ...]
+    output_format: str
+    audio_url: str | None
+    upload: Path | None  # the spooled audio_file, owned by the caller from here on
+    filename: str | None
+    webhook_url: str | None
+
+
+def form_error_response(error: FormError) -> JSONResponse:
+    """The HTTP response for a refused request, shaped like MusicGPT's error bodies."""
+    return JSONResponse(
+        {"success": False, "error": str(error), "field": error.field}, status_code=error.status
+    )
+
+
+async def read_extraction_form(
+    request: Request,
+    routing: Routing,
+    spool_dir: Path,
+    limits: UploadLimits = UploadLimits(),
+) -> ExtractionForm:
+    """Parse and check an Extraction request, spooling its audio_file into `spool_dir`.
+
+    python-multipart is driven directly rather than through starlette's MultiPartParser:
+    starlette spools files to a SpooledTemporaryFile of its own choosing (in memory up to
+    1 MB, then the system temp folder), which would cost a second copy into `spool_dir`,
+    and it reads an unknown part before any caller could refuse it by name. Here an
+    unknown or repeated field is refused as soon as its headers arrive. Raises FormError;
+    whatever the error, nothing is left in `spool_dir`.
+    """
+    boundary = _boundary(request.headers, limits.max_body_bytes)
+    reader = _PartReader(limits)
+    upload = spool_dir / f"upload-{uuid.uuid4().hex}"
+    try:
+        await _read_body(request, boundary, reader, upload, limits.max_body_bytes)
+        return _check_form(reader, upload, routing)
+    except BaseException:
+        upload.unlink(missing_ok=True)
+        raise
+
+
+def _boundary(headers: Headers, max_body_bytes: int) -> bytes:
+    """Return the multipart boundary, refusing a declared size over the cap before any read."""
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise FormError("the Content-Length header is not a number", status=400)
+        if int(declared) > max_body_bytes:
+            raise _too_large(max_body_bytes)
+    content_type, options = parse_options_header(headers.get("content-type"))
+    if content_type != b"multipart/form-data":
+        raise FormError("the request body must be multipart/form-data", status=400)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise FormError("the multipart/form-data Content-Type has no boundary", status=400)
+    return boundary
+
+
+def _too_large(max_body_bytes: int) -> FormError:
+    """The error for a body over the cap, whether declared or counted."""
+    return FormError(f"the request body is larger than {describe_size(max_body_bytes)}", status=413)
+
+
+class _PartReader:
+    """python-multipart callbacks: text fields kept in memory, file bytes queued for disk."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.fields: dict[str, str] = {}
+        self.has_file_part = False
+        self.filename: str | None = None
+        self.file_bytes = 0
+        self.pending = bytearray()  # file bytes parsed but not yet written to the spool
+        self.ended = False
+        self._files = 0
+        self._name = ""
+        self._in_file = False
+        self._value = bytearray()
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+
+    def callbacks(self) -> MultipartCallbacks:
+        """The callback table MultipartParser calls as it parses."""
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._disposition = b""
+        self._value.clear()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        """Refuse the part by its name before any of its data is read."""
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise FormError("a multipart part has no name in Content-Disposition", status=400)
+        # parse_options_header decodes as latin-1; clients send UTF-8 names.
+        name = options[b"name"].decode("utf-8", "replace")
+        if name not in FIELDS:
+            raise FormError(
+                f"unknown field {name[:64]!r}; allowed fields: {', '.join(FIELDS)}", field=name
+            )
+        if name in self.fields or (name == AUDIO_FILE and self.has_file_part):
+            raise FormError(f"{name} was sent more than once", field=name)
+        self._name = name
+        self._in_file = name == AUDIO_FILE
+        if self._in_file:
+            self._files += 1
+            if self._files > self.limits.max_files:
+                raise FormError(
+                    f"the form has more than {self.limits.max_files} file(s)", status=413
+                )
+            self.has_file_part = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace") or None
+        elif len(self.fields) + 1 > self.limits.max_fields:
+            raise FormError(f"the form has more than {self.limits.max_fields} fields", status=413)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.pending += data[start:end]
+            self.file_bytes += end - start
+            return
+        if len(self._value) + end - start > self.limits.max_field_bytes:
+            raise FormError(
+                f"{self._name} is larger than {describe_size(self.limits.max_field_bytes)}",
+                status=413,
+                field=self._name,
+            )
+        self._value += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self._in_file:
+            return
+        try:
+            self.fields[self._name] = self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormError(f"{self._name} is not valid UTF-8", field=self._name) from None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+async def _read_body(
+    request: Request, boundary: bytes, reader: _PartReader, upload: Path, max_body_bytes: int
+) -> None:
+    """Feed the body to the parser, counting bytes, and append file bytes to `upload`."""
+    try:
+        parser = MultipartParser(boundary, reader.callbacks())
+    except FormParserError as exc:
+        raise FormError("the multipart boundary is too long", status=400) from exc
+    received = 0
+    spool: anyio.AsyncFile[bytes] | None = None
+    try:
+        async with aclosing(request.stream()) as body:
+            async for chunk in body:
+                # Counted here, not trusted from Content-Length, so chunked bodies are capped.
+                received += len(chunk)
+                if received > max_body_bytes:
+                    raise _too_large(max_body_bytes)
+                _parse(parser, chunk)
+                if reader.pending:
+                    if spool is None:
+                        spool = await anyio.open_file(upload, "xb")
+                    await spool.write(bytes(reader.pending))
+                    reader.pending.clear()
+    finally:
+        if spool is not None:
+            await spool.aclose()
+    if not reader.ended:
+        raise FormError("the multipart body ended before its closing boundary", status=400)
+
+
+def _parse(parser: MultipartParser, chunk: bytes) -> None:
+    """Feed one chunk to the parser; its own errors mean the body is malformed."""
+    try:
+        parser.write(chunk)
+    except FormParserError as exc:
+        raise FormError("the body is not valid multipart/form-data", status=400) from exc
+
+
+def _check_form(reader: _PartReader, upload: Path, routing: Routing) -> ExtractionForm:
+    """Check every field of a fully read form and build the ExtractionForm."""
+    fields = reader.fields
+    audio_url = _url(fields, "audio_url")
+    webhook_url = _url(fields, "webhook_url")
+    # An empty part with no filename is what a form with no file chosen sends.
+    has_file = reader.file_bytes > 0 or reader.filename is not None
+    if has_file and reader.file_bytes == 0:
+        raise FormError("audio_file is empty", field=AUDIO_FILE)
+    if has_file and audio_url is not None:
+        raise FormError("send only one of audio_url and audio_file, not both")
+    if not has_file and audio_url is None:
+        raise FormError("send the audio as audio_url or audio_file")
+    return ExtractionForm(
+        stems=_stems(fields, routing),
+        preprocessing=_preprocessing(fields),
+        output_format=_output_format(fields),
+        audio_url=audio_url,
+        upload=upload if has_file else None,
+        filename=reader.filename,
+        webhook_url=webhook_url,
+    )
+
+
+def _url(fields: dict[str, str], name: str) -> str | None:
+    """Return the field's URL, None when absent or empty, refusing anything but http(s)."""
+    value = fields.get(name, "").strip()
+    if not value:
+        return None
+    problem = url_problem(value)
+    if problem is not None:
+        raise FormError(f"{name} {problem}", field=name)
+    return value
+
+
+def _json_names(fields: dict[str, str], name: str, allowed: tuple[str, ...]) -> list[str]:
+    """Parse a field holding a JSON list of names; absent or empty means an empty list."""
+    text = fields.get(name, "").strip()
+    if not text:
+        return []
+    expected = f'a JSON list such as ["{allowed[0]}"] of: {", ".join(allowed)}'
+    try:
+        value = json.loads(text)
+    # Deeply nested JSON overflows the decoder's recursion, which is the caller's mistake too.
+    except (json.JSONDecodeError, RecursionError):
+        raise FormError(f"{name} is not valid JSON; send {expected}", field=name) from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FormError(f"{name} must be {expected}", field=name)
+    return value
+
+
+def _stems(fields: dict[str, str], routing: Routing) -> tuple[str, ...]:
+    """Return the requested stems (none: the defaults) once the routing can serve them."""
+    names = _json_names(fields, "stems", routing.served_stems())
+    try:
+        return make_plan(names, routing).stems
+    except StemError as exc:
+        raise FormError(f"stems: {exc}", field="stems") from None
+
+
+def _preprocessing(fields: dict[str, str]) -> tuple[str, ...]:
+    """Return the preprocessing steps in the order they run."""
+    names = _json_names(fields, "preprocessing_options", STEPS)
+    try:
+        return parse_steps(names)
+    except PreprocessError as exc:
+        raise FormError(f"preprocessing_options: {exc}", field="preprocessing_options") from None
+
+
+def _output_format(fields: dict[str, str]) -> str:
+    """Return the output format, wav when absent."""
+    value = fields.get("output_format", "").strip().lower() or DEFAULT_FORMAT
+    if value not in FORMATS:
+        raise FormError(
+            f"output_format must be one of {', '.join(FORMATS)}, not {value[:20]!r}",
+            field="output_format",
+        )
+    return value
