@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch range is already satisfied and pip does not fetch a CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test lint typecheck unit clean
+.PHONY: install run test-model test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml).
+run: install
+	$(BIN)/serve run configs/local.yaml
+
+# A small random-weight htdemucs_6s in data/models, to try the API offline. Its
+# stems are noise: it only shows that the service works end to end.
+test-model: install
+	$(BIN)/python -m models make-test-model data/models --like htdemucs_6s --small
 
 lint: install
 	$(BIN)/ruff check .

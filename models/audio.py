@@ -126,6 +126,24 @@ def decode(source: str | os.PathLike[str] | bytes, limits: DecodeLimits = Decode
             raise AudioError(f"{name}: the audio could not be decoded") from error
 
 
+def probe_duration(source: str | os.PathLike[str] | bytes) -> float:
+    """The duration in seconds that a file's container or first audio stream declares,
+    read from the headers without decoding; a cheap estimate (a header can lie, which
+    `decode` catches). Raises AudioError when the file cannot be opened as audio."""
+    name = _input_name(source)
+    with _open_input(source, DecodeLimits(), name) as data:
+        try:
+            with _open_container(data, name) as container:
+                stream = _first_audio_stream(container, name)
+                if stream.duration is not None and stream.time_base is not None:
+                    return float(stream.duration * stream.time_base)
+                if container.duration is not None:
+                    return container.duration / av.time_base
+        except (av.error.FFmpegError, ValueError) as error:
+            raise AudioError(f"{name}: the audio could not be read") from error
+    raise AudioError(f"{name}: the file does not say how long it is")
+
+
 def to_model_input(
     track: Track, sample_rate: int = 44100, channels: int = 2
 ) -> npt.NDArray[np.float32]:

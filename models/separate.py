@@ -1,10 +1,11 @@
 """One track end to end, without Ray: decode, preprocess, plan, run the passes, derive, encode.
 
-`separate_file` is what the command line runs and what the service's pipeline mirrors
-with Ray handles in between. Memory stays bounded in track length: the input is held
-once (plus its model-domain copy when the rate or channels differ), stems stream from
-the engine through `OutputConverter` into `StemEncoder` block by block, and only a stem
-that a later pass takes as its input (a cascade) is held whole. Derived stems are
+`separate_file` is what the command line runs; the service's pipeline calls
+`write_stems` with its models behind Ray handles (any `PassModels`). Memory stays
+bounded in track length: the input is held once (plus its model-domain copy when the
+rate or channels differ), stems stream from the engine through `OutputConverter` into
+`StemEncoder` block by block, and only a stem that a later pass takes as its input (a
+cascade) is held whole. Derived stems are
 computed in the output domain from the decoded input, so `instrumental + vocals` equals
 the input exactly before encoding.
 """
@@ -144,6 +145,24 @@ def separate_file(
         device = resolve_device(options.device).type
         cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
         track = Track(cleaned, track.sample_rate, track.layout)
+    models = LocalModels(store, resolve_device(options.device), options.precision)
+    return write_stems(
+        plan, track, models, out_dir, fmt=fmt, options=options, on_progress=on_progress
+    )
+
+
+def write_stems(
+    plan: Plan,
+    track: Track,
+    models: PassModels,
+    out_dir: str | Path,
+    *,
+    fmt: str = "wav",
+    options: EngineOptions = EngineOptions(),
+    on_progress: Progress | None = None,
+) -> dict[str, Path]:
+    """Run `plan` on a decoded (and cleaned) track and write each stem to
+    `out_dir/<stem>.<fmt>`; on any failure no file of this run is left."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}
@@ -157,7 +176,6 @@ def separate_file(
                 channels=track.channels,
                 layout=track.layout,
             )
-        models = LocalModels(store, resolve_device(options.device), options.precision)
         run_plan(plan, track, models, encoders, options=options, on_progress=on_progress)
     except BaseException:
         # A half-written stem is worse than none: remove every file of this run.

@@ -16,6 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import anyio
 from python_multipart.exceptions import FormParserError
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 AUDIO_FILE = "audio_file"
+MULTIPART = b"multipart/form-data"
+URLENCODED = b"application/x-www-form-urlencoded"
 FIELDS = (
     "audio_url",
     AUDIO_FILE,
@@ -100,8 +103,12 @@ async def read_extraction_form(
     unknown or repeated field is refused as soon as its headers arrive. Raises FormError;
     whatever the error, nothing is left in `spool_dir`.
     """
-    boundary = _boundary(request.headers, limits.max_body_bytes)
+    content_type = _content_type(request.headers, limits.max_body_bytes)
     reader = _PartReader(limits)
+    if content_type == URLENCODED:
+        await _read_urlencoded(request, reader, limits)
+        return _check_form(reader, spool_dir / "unused", routing)
+    boundary = _boundary(request.headers)
     upload = spool_dir / f"upload-{uuid.uuid4().hex}"
     try:
         await _read_body(request, boundary, reader, upload, limits.max_body_bytes)
@@ -111,17 +118,56 @@ async def read_extraction_form(
         raise
 
 
-def _boundary(headers: Headers, max_body_bytes: int) -> bytes:
-    """Return the multipart boundary, refusing a declared size over the cap before any read."""
+async def _read_urlencoded(request: Request, reader: _PartReader, limits: UploadLimits) -> None:
+    """Read a form sent as application/x-www-form-urlencoded (what `requests.post(data=...)`
+    sends when there is no file): only text fields, within the same limits."""
+    # Percent-encoding at most triples a field; names and separators add a little.
+    cap = min(limits.max_body_bytes, limits.max_fields * (3 * limits.max_field_bytes + 64))
+    body = bytearray()
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > cap:
+                raise _too_large(cap)
+    try:
+        pairs = parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            max_num_fields=limits.max_fields,
+        )
+    except UnicodeDecodeError as exc:
+        raise FormError("the urlencoded body is not ASCII", status=400) from exc
+    except ValueError as exc:
+        raise FormError(
+            f"the form is not valid urlencoded data or has more than {limits.max_fields} fields",
+            status=400,
+        ) from exc
+    for name, value in pairs:
+        reader.add_field(name, value)
+
+
+def _content_type(headers: Headers, max_body_bytes: int) -> bytes:
+    """The form's media type, refusing a declared size over the cap before any read."""
     declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise FormError("the Content-Length header is not a number", status=400)
         if int(declared) > max_body_bytes:
             raise _too_large(max_body_bytes)
-    content_type, options = parse_options_header(headers.get("content-type"))
-    if content_type != b"multipart/form-data":
-        raise FormError("the request body must be multipart/form-data", status=400)
+    content_type, _ = parse_options_header(headers.get("content-type"))
+    if content_type not in (MULTIPART, URLENCODED):
+        raise FormError(
+            "the request body must be multipart/form-data "
+            "(or application/x-www-form-urlencoded without a file)",
+            status=400,
+        )
+    return content_type
+
+
+def _boundary(headers: Headers) -> bytes:
+    """The multipart boundary."""
+    _, options = parse_options_header(headers.get("content-type"))
     boundary = options.get(b"boundary")
     if not boundary:
         raise FormError("the multipart/form-data Content-Type has no boundary", status=400)
@@ -181,6 +227,29 @@ class _PartReader:
         self._header_name.clear()
         self._header_value.clear()
 
+    def add_field(self, name: str, value: str) -> None:
+        """A text field read whole (urlencoded forms), under the same rules as a part."""
+        self._check_name(name)
+        if name == AUDIO_FILE:
+            raise FormError("audio_file must be sent as a file in multipart/form-data", field=name)
+        if len(self.fields) + 1 > self.limits.max_fields:
+            raise FormError(f"the form has more than {self.limits.max_fields} fields", status=413)
+        if len(value.encode()) > self.limits.max_field_bytes:
+            raise FormError(
+                f"{name} is larger than {describe_size(self.limits.max_field_bytes)}",
+                status=413,
+                field=name,
+            )
+        self.fields[name] = value
+
+    def _check_name(self, name: str) -> None:
+        if name not in FIELDS:
+            raise FormError(
+                f"unknown field {name[:64]!r}; allowed fields: {', '.join(FIELDS)}", field=name
+            )
+        if name in self.fields or (name == AUDIO_FILE and self.has_file_part):
+            raise FormError(f"{name} was sent more than once", field=name)
+
     def on_headers_finished(self) -> None:
         """Refuse the part by its name before any of its data is read."""
         _, options = parse_options_header(self._disposition)
@@ -188,12 +257,7 @@ class _PartReader:
             raise FormError("a multipart part has no name in Content-Disposition", status=400)
         # parse_options_header decodes as latin-1; clients send UTF-8 names.
         name = options[b"name"].decode("utf-8", "replace")
-        if name not in FIELDS:
-            raise FormError(
-                f"unknown field {name[:64]!r}; allowed fields: {', '.join(FIELDS)}", field=name
-            )
-        if name in self.fields or (name == AUDIO_FILE and self.has_file_part):
-            raise FormError(f"{name} was sent more than once", field=name)
+        self._check_name(name)
         self._name = name
         self._in_file = name == AUDIO_FILE
         if self._in_file:

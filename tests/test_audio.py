@@ -23,6 +23,7 @@ from models.audio import (
     DecodeLimits,
     Track,
     decode,
+    probe_duration,
     stereo_downmix_matrix,
     to_model_input,
 )
@@ -447,3 +448,14 @@ def test_track_refuses_a_layout_of_another_channel_count() -> None:
 def test_limits_that_let_nothing_through_are_refused(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DecodeLimits(**limits)  # type: ignore[arg-type]
+
+
+def test_probe_duration_reads_the_header_without_decoding(tmp_path: Path) -> None:
+    rate = 22050
+    path = tmp_path / "tone.flac"
+    write_audio(
+        path, tone(rate, rate * 3, 2), rate=rate, layout="stereo", muxer="flac", codec="flac"
+    )
+    assert probe_duration(path) == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(AudioError):
+        probe_duration(b"not audio at all" * 100)

@@ -328,3 +328,36 @@ def test_chunked_body_over_cap_is_refused_as_it_streams(spool_dir: Path) -> None
     assert body["error"] == "the request body is larger than 8 KB"
     assert pulled <= 9
     assert list(spool_dir.iterdir()) == []
+
+
+def test_urlencoded_form_without_a_file_parses(spool_dir: Path) -> None:
+    """`requests.post(url, data={...})` with no file sends a urlencoded body."""
+    client = TestClient(make_app(spool_dir, DEFAULTS))
+    response = client.post(
+        PATH,
+        data={"audio_url": "https://example.com/a.mp3", "stems": '["vocals"]', "webhook_url": ""},
+    )
+    assert response.status_code == 200, response.text
+    form = response.json()
+    assert form["audio_url"] == "https://example.com/a.mp3"
+    assert form["stems"] == ["vocals"]
+    assert form["webhook_url"] is None
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_urlencoded_form_keeps_the_limits(spool_dir: Path) -> None:
+    client = TestClient(make_app(spool_dir, UploadLimits(max_fields=2, max_field_bytes=100)))
+    unknown = client.post(PATH, data={"audio_url": "https://example.com/a.mp3", "vox": "1"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "vox"
+    big = client.post(PATH, data={"audio_url": "https://example.com/a.mp3", "stems": "x" * 101})
+    assert big.status_code == 413
+    many = client.post(
+        PATH, data={"audio_url": "https://a.example/b.mp3", "stems": "[]", "webhook_url": ""}
+    )
+    assert many.status_code in (400, 413)
+    over_cap = client.post(
+        PATH,
+        content=b"stems=" + b"x" * 1000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert over_cap.status_code == 413

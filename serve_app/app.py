@@ -1,0 +1,58 @@
+"""The application builder: binds Ingress, Pipeline, Preprocessor and one Separator per
+routed model into one Serve application. A Serve config file names
+`serve_app.app:build_app` as its import path and passes `args` (serve_app/settings.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from ray.serve import Application, Deployment
+
+from models.routing import load_routing
+from serve_app.ingress import Ingress
+from serve_app.pipeline import Pipeline
+from serve_app.preprocessor import Preprocessor
+from serve_app.separator import Separator
+from serve_app.settings import AppArgs
+
+FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor")
+
+
+def separator_name(model: str) -> str:
+    """The deployment name of a model's Separator, as config files name it."""
+    return f"Separator_{model}"
+
+
+def deployment_names(args: AppArgs) -> tuple[str, ...]:
+    """Every deployment `build_app(args)` binds."""
+    routing = load_routing(args.routing)
+    return (*FIXED_DEPLOYMENTS, *(separator_name(model) for model in routing.models))
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """The stem-extraction application for these settings."""
+    settings = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    # Resolve relative folders once, here, so every replica uses the same ones
+    # whatever its working directory.
+    settings = settings.model_copy(
+        update={
+            "data_dir": str(settings.data_path()),
+            "model_dir": str(Path(settings.model_dir).resolve()) if settings.model_dir else None,
+        }
+    )
+    settings.data_path().mkdir(parents=True, exist_ok=True)
+    routing = load_routing(settings.routing)
+    separators = {
+        model: deployment(Separator).options(name=separator_name(model)).bind(model, settings)
+        for model in routing.models
+    }
+    preprocessor = deployment(Preprocessor).bind(settings)
+    pipeline = deployment(Pipeline).bind(settings, separators, preprocessor)
+    return deployment(Ingress).bind(settings, pipeline)
+
+
+def deployment(decorated: object) -> Deployment:
+    """A class under `@serve.deployment`, typed as the Deployment it is at runtime."""
+    return cast(Deployment, decorated)

@@ -1,0 +1,244 @@
+"""The Ingress deployment: the HTTP API, compatible with MusicGPT's Extraction endpoints.
+
+`POST /api/public/v1/Extraction` authenticates, reads the multipart body within its
+limits (serve_app/form.py), moves the upload into the blob store, creates the task and
+answers at once with its ids, eta and credit estimate; a Pipeline replica picks the task
+up from the database. `GET /byId` reports a task, `GET /files/{task_id}/{file}` serves
+its stems, `GET /stems` the catalogue, `GET /healthz` the parts' health. Errors map to
+status codes here, in one place; a task and its files are visible only to its owner.
+"""
+
+# No `from __future__ import annotations` here: Serve's ingress rebuilds the route
+# methods, and FastAPI must see `Request` as a class, not a string, to inject it.
+import asyncio
+import logging
+import uuid
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from models.audio import probe_duration
+from models.errors import AudioError
+from models.planner import make_plan
+from models.routing import load_routing
+from models.stems import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
+from serve_app.auth import Authenticator, AuthError
+from serve_app.blobs import LocalBlobStore
+from serve_app.conversion import conversion, credits, eta_s, stem_file
+from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
+from serve_app.records import Status, TaskRecord, TaskSpec
+from serve_app.settings import AppArgs
+from serve_app.tasks import TaskStore
+
+logger = logging.getLogger("ray.serve")
+
+PREFIX = "/api/public/v1"
+INPUT_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"})
+
+api = FastAPI(
+    title="stemsplit",
+    version="0.1.0",
+    description=(
+        "Self-hosted stem extraction with MusicGPT's Extraction API. Send "
+        "`Authorization: <key>` on every call when auth is on."
+    ),
+)
+
+EXTRACTION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "audio_url": {"type": "string", "description": "http(s) link; '' = absent"},
+                        "audio_file": {"type": "string", "format": "binary"},
+                        "stems": {
+                            "type": "string",
+                            "description": "JSON list of stems; default "
+                            + ", ".join(DEFAULT_STEMS),
+                        },
+                        "preprocessing_options": {
+                            "type": "string",
+                            "description": "JSON list from Denoise, Deecho, Dereverb",
+                        },
+                        "webhook_url": {"type": "string"},
+                        "output_format": {"type": "string", "enum": ["wav", "flac", "mp3"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    """An error body shaped like MusicGPT's."""
+    return JSONResponse({"success": False, "error": message, **extra}, status_code=status)
+
+
+@api.exception_handler(AuthError)
+async def _auth_failed(_request: Request, failure: AuthError) -> JSONResponse:
+    return error(401, str(failure))
+
+
+@api.exception_handler(FormError)
+async def _form_refused(_request: Request, failure: FormError) -> JSONResponse:
+    return form_error_response(failure)
+
+
+@api.exception_handler(Exception)
+async def _internal(_request: Request, failure: Exception) -> JSONResponse:
+    logger.exception("unhandled error in the ingress", exc_info=failure)
+    return error(500, "internal error; it has been logged")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    """The public HTTP API."""
+
+    def __init__(self, args: AppArgs, pipeline: DeploymentHandle) -> None:
+        self.args = args
+        self.pipeline = pipeline
+        self.routing = load_routing(args.routing)
+        self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
+        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
+
+    @api.post(f"{PREFIX}/Extraction", openapi_extra=EXTRACTION_BODY)
+    async def extraction(self, request: Request) -> JSONResponse:
+        """Create an extraction task; answers before any processing."""
+        owner = self.auth.owner(request.headers.get("authorization"))
+        spool = self.blobs.spool_dir()
+        form = await read_extraction_form(request, self.routing, spool, self.args.uploads.limits())
+        try:
+            spec = await asyncio.to_thread(self._spec, owner, form)
+        finally:
+            if form.upload is not None:
+                form.upload.unlink(missing_ok=True)
+        record = await asyncio.to_thread(self.store.create, spec)
+        logger.info(
+            "task %s: created by %s", record.task_id, owner, extra={"task_id": record.task_id}
+        )
+        self.pipeline.wake.remote()
+        return JSONResponse(
+            {
+                "success": True,
+                "task_id": record.task_id,
+                "conversion_id": record.conversion_id,
+                "eta": spec.eta_s,
+                "credit_estimate": spec.credit_estimate,
+            }
+        )
+
+    def _spec(self, owner: str, form: ExtractionForm) -> TaskSpec:
+        """The task to create: the upload moved into the blob store, the estimates made."""
+        duration: float | None = None
+        input_key: str | None = None
+        if form.upload is not None:
+            try:
+                duration = probe_duration(form.upload)
+            except AudioError as failure:
+                raise FormError(
+                    "audio_file is not an audio file this service can read", field="audio_file"
+                ) from failure
+            suffix = PurePosixPath(form.filename or "").suffix.lower()
+            name = "audio" + (suffix if suffix in INPUT_SUFFIXES else "")
+            input_key = f"inputs/{uuid.uuid4().hex}/{name}"
+            self.blobs.put_file(input_key, form.upload)
+        passes = len(make_plan(form.stems, self.routing).passes)
+        counts = self.store.counts()
+        speed = self.store.recent_speed() or self.args.pricing.seconds_per_audio_second
+        return TaskSpec(
+            owner=owner,
+            stems=form.stems,
+            preprocessing=form.preprocessing,
+            output_format=form.output_format,
+            audio_url=form.audio_url,
+            input_key=input_key,
+            webhook_url=form.webhook_url,
+            duration_s=duration,
+            eta_s=eta_s(
+                duration,
+                passes,
+                seconds_per_audio_second=speed,
+                queued_ahead=counts[Status.IN_QUEUE] + counts[Status.PROCESSING],
+                parallel_tasks=self.args.pipeline.tasks_per_replica,
+            ),
+            credit_estimate=credits(duration, self.args.pricing.credits_per_minute),
+        )
+
+    @api.get(f"{PREFIX}/byId")
+    async def by_id(
+        self,
+        request: Request,
+        conversionType: str = "EXTRACTION",
+        task_id: str | None = None,
+        conversion_id: str | None = None,
+    ) -> JSONResponse:
+        """A task's conversion object, by task_id or conversion_id."""
+        owner = self.auth.owner(request.headers.get("authorization"))
+        if conversionType.upper() != "EXTRACTION":
+            return error(422, "conversionType must be EXTRACTION", field="conversionType")
+        if not task_id and not conversion_id:
+            return error(422, "give task_id or conversion_id", field="task_id")
+        record = await asyncio.to_thread(self._owned, owner, task_id, conversion_id)
+        if record is None:
+            return error(404, "no such task")
+        return JSONResponse(
+            {"success": True, "conversion": conversion(record, self.args.public_url)}
+        )
+
+    def _owned(
+        self, owner: str, task_id: str | None, conversion_id: str | None
+    ) -> TaskRecord | None:
+        if task_id:
+            record = self.store.get(task_id)
+        else:
+            record = self.store.get_by_conversion(conversion_id or "")
+        return record if record is not None and record.spec.owner == owner else None
+
+    @api.get(f"{PREFIX}/files/{{task_id}}/{{name}}")
+    async def file(self, request: Request, task_id: str, name: str) -> Any:
+        """A stem's audio file; only for the key that created the task."""
+        owner = self.auth.owner(request.headers.get("authorization"))
+        record = await asyncio.to_thread(self._owned, owner, task_id, None)
+        if record is None:
+            return error(404, "no such file")
+        for stem, key in record.results.items():
+            if stem_file(stem, record.spec.output_format) == name and self.blobs.exists(key):
+                return FileResponse(self.blobs.path(key), filename=name)
+        return error(404, "no such file")
+
+    @api.get(f"{PREFIX}/stems")
+    async def stems(self) -> JSONResponse:
+        """The stem catalogue, and which stems this deployment serves."""
+        return JSONResponse(
+            {
+                "success": True,
+                "stems": list(ALL_STEMS),
+                "groups": {group: list(names) for group, names in STEM_GROUPS.items()},
+                "served": list(self.routing.served_stems()),
+                "default": list(DEFAULT_STEMS),
+                "preprocessing_options": ["Denoise", "Deecho", "Dereverb"],
+                "output_formats": ["wav", "flac", "mp3"],
+            }
+        )
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """Whether the database answers; the other parts report to Serve's health checks."""
+        try:
+            counts = await asyncio.to_thread(self.store.counts)
+        except Exception:
+            logger.exception("health check: the task database does not answer")
+            return JSONResponse({"status": "unhealthy", "down": ["database"]}, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "tasks": {status.value: count for status, count in counts.items()}}
+        )

@@ -1,0 +1,333 @@
+"""The Pipeline deployment: takes tasks from the database and runs each one end to end.
+
+A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
+a task whose replica died is taken again by a live one once the lease expires, and two
+replicas never run the same task. Per task: fetch `audio_url` or open the upload, decode
+within the limits, clean through the Preprocessor, plan, send segments to the Separator
+of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
+COMPLETED, which in the same transaction queues its webhook in the outbox. Any failure
+ends in FAILED with a message the caller can act on; tracebacks stay in the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from models.audio import Track, decode
+from models.engine import Geometry, WindowRunner
+from models.errors import SeparationError
+from models.planner import make_plan
+from models.routing import Routing, load_routing
+from models.separate import EngineOptions, check_format, write_stems
+from serve_app import metrics
+from serve_app.blobs import LocalBlobStore
+from serve_app.conversion import conversion, credits, stem_key
+from serve_app.dispatcher import WebhookDispatcher
+from serve_app.fetch import FetchError, fetch_audio
+from serve_app.records import Status, TaskRecord
+from serve_app.separator import ModelShape, SegmentJob
+from serve_app.settings import AppArgs
+from serve_app.tasks import TaskStore
+from serve_app.webhooks import new_secret
+
+logger = logging.getLogger("ray.serve")
+
+PROGRESS_EVERY_S = 1.0  # at most one progress write per task per second
+
+
+class LeaseLostError(Exception):
+    """Another replica took the task over; this one stops working on it."""
+
+
+def user_message(error: BaseException) -> str:
+    """What a caller may read about a failure: our own errors' messages, never internals."""
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    if isinstance(cause, SeparationError | FetchError):
+        return str(cause)
+    return "internal error while processing the task; it has been logged"
+
+
+@dataclass
+class RemoteModels:
+    """The routing's models behind Separator handles, used from a worker thread: every
+    call blocks on its response, which a thread outside the replica's event loop may do."""
+
+    routing: Routing
+    separators: dict[str, DeploymentHandle]
+    task_id: str
+
+    def geometry(self, model: str) -> Geometry:
+        """The model's geometry, asked of its Separator."""
+        handle = self.separators[model]
+        shape: ModelShape = handle.shape.remote().result()
+
+        @functools.cache
+        def valid_length(length: int) -> int:
+            return int(handle.valid_length.remote(length).result())
+
+        return Geometry(
+            samplerate=shape.samplerate,
+            audio_channels=shape.audio_channels,
+            sources=shape.sources,
+            segment_length=shape.segment_length,
+            valid_length=valid_length,
+        )
+
+    def runner(self, model: str) -> WindowRunner:
+        """Sends windows to the Separator all at once, so they can share its batches."""
+        handle = self.separators[model]
+
+        def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            names = tuple(sources)
+            responses = [
+                handle.separate.remote(SegmentJob(window, names, self.task_id))
+                for window in windows
+            ]
+            return [response.result() for response in responses]
+
+        return run
+
+
+def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
+    """The application's webhook dispatcher: a detached Ray actor, restarted whenever it
+    dies, shared by every Pipeline replica (the first one creates it)."""
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WebhookDispatcher)
+    return actor.options(
+        name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
+    ).remote(
+        functools.partial(TaskStore, args.db_url()),
+        webhook_secret(args),
+        args.webhooks.schedule(),
+        poll_s=args.webhooks.poll_s,
+        concurrency=args.webhooks.concurrency,
+        on_attempt=count_attempt,
+    )
+
+
+def count_attempt(attempt: Any) -> None:
+    """The dispatcher's hook: webhook attempts by outcome."""
+    metrics.webhook_attempts().inc(tags={"outcome": attempt.outcome})
+
+
+def webhook_secret(args: AppArgs) -> str:
+    """The configured secret, else one generated once and kept in the data folder
+    (readable by the owner only), so receivers can verify across restarts."""
+    configured = args.webhook_secret()
+    if configured:
+        return configured
+    path = args.data_path() / "webhook-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".{uuid.uuid4().hex}")
+        staging.write_text(new_secret())
+        staging.chmod(0o600)
+        staging.replace(path)
+    return path.read_text().strip()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Pipeline:
+    """Claims tasks and runs them, `tasks_per_replica` at a time."""
+
+    def __init__(
+        self,
+        args: AppArgs,
+        separators: dict[str, DeploymentHandle],
+        preprocessor: DeploymentHandle,
+    ) -> None:
+        self.args = args
+        self.settings = args.pipeline
+        self.separators = separators
+        self.preprocessor = preprocessor
+        self.routing = load_routing(Path(args.routing))
+        self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
+        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.work_dir = args.data_path() / "work"
+        context = serve.get_replica_context()
+        self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
+        self.dispatcher = webhook_dispatcher(args, context.app_name)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.wakeup = asyncio.Event()
+        self.loop = asyncio.get_running_loop().create_task(self._claim_loop())
+
+    async def wake(self) -> None:
+        """Look for work now (the ingress calls this after creating a task)."""
+        self.wakeup.set()
+
+    async def check_health(self) -> None:
+        """Unhealthy once the claim loop has stopped: Serve then replaces the replica."""
+        if self.loop.done():
+            raise RuntimeError("the pipeline's claim loop stopped")
+
+    async def running_tasks(self) -> list[str]:
+        """Ids of the tasks this replica is working on."""
+        return sorted(self.running)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await self._fill()
+                self.dispatcher.wake.remote()
+                counts = await asyncio.to_thread(self.store.counts)
+                metrics.queue_length().set(counts[Status.IN_QUEUE])
+            except Exception:
+                logger.exception("pipeline claim loop: database or actor call failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_s)
+            self.wakeup.clear()
+
+    async def _fill(self) -> None:
+        while len(self.running) < self.settings.tasks_per_replica:
+            record = await asyncio.to_thread(
+                self.store.claim, self.worker, self.settings.lease_s, payload=self._payload
+            )
+            if record is None:
+                return
+            task = asyncio.get_running_loop().create_task(self._run(record))
+            self.running[record.task_id] = task
+            task.add_done_callback(functools.partial(self._done, record.task_id))
+
+    def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
+        self.running.pop(task_id, None)
+        self.wakeup.set()
+
+    def _payload(self, record: TaskRecord) -> str:
+        return json.dumps(conversion(record, self.args.public_url))
+
+    async def _run(self, record: TaskRecord) -> None:
+        task_id = record.task_id
+        log = logging.LoggerAdapter(logger, {"task_id": task_id})
+        log.info("task %s: claimed (claim %d)", task_id, record.claims)
+        lost = asyncio.Event()
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(task_id, lost))
+        folder = self.work_dir / f"{task_id}-{self.worker}"
+        started = time.monotonic()
+        try:
+            final = await self._process(record, folder, lost)
+            status = "COMPLETED"
+            log.info("task %s: completed in %.1f s", task_id, time.monotonic() - started)
+            if final is not None and final.duration_s:
+                metrics.audio_seconds().inc(final.duration_s)
+        except LeaseLostError:
+            log.warning("task %s: lease lost to another replica; stopped", task_id)
+            return
+        except Exception as error:
+            message = user_message(error)
+            if message.startswith("internal error"):
+                log.exception("task %s: failed", task_id)
+            else:
+                log.info("task %s: failed: %s", task_id, message)
+            await asyncio.to_thread(
+                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
+            )
+            status = "FAILED"
+        finally:
+            heartbeat.cancel()
+            shutil.rmtree(folder, ignore_errors=True)
+        metrics.tasks_finished().inc(tags={"status": status})
+        metrics.task_seconds().observe(time.monotonic() - started)
+        self.dispatcher.wake.remote()
+
+    async def _keep_lease(self, task_id: str, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            held = await asyncio.to_thread(
+                self.store.renew, task_id, self.worker, self.settings.lease_s
+            )
+            if not held:
+                lost.set()
+                return
+
+    async def _process(
+        self, record: TaskRecord, folder: Path, lost: asyncio.Event
+    ) -> TaskRecord | None:
+        spec = record.spec
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.input_key is not None:
+            source = self.blobs.path(spec.input_key)
+        else:
+            assert spec.audio_url is not None
+            source = folder / "input"
+            await fetch_audio(spec.audio_url, source, self.args.fetch.limits())
+        track = await asyncio.to_thread(decode, source, self.args.decode.limits())
+        check_format(spec.output_format, track)
+        if spec.preprocessing:
+            cleaned = await self.preprocessor.clean.remote(
+                track.samples, track.sample_rate, spec.preprocessing
+            )
+            track = Track(cleaned, track.sample_rate, track.layout)
+        plan = make_plan(spec.stems, self.routing)
+        models = RemoteModels(self.routing, self.separators, record.task_id)
+        options = EngineOptions(
+            batch_size=self.settings.segments_in_flight,
+            overlap=self.args.engine.overlap,
+            shifts=self.args.engine.shifts,
+        )
+        progress = _ProgressWriter(self.store, record.task_id, self.worker, lost)
+        paths = await asyncio.to_thread(
+            write_stems,
+            plan,
+            track,
+            models,
+            folder / "stems",
+            fmt=spec.output_format,
+            options=options,
+            on_progress=progress,
+        )
+        results = {}
+        for stem, path in paths.items():
+            key = stem_key(record.task_id, stem, spec.output_format)
+            await asyncio.to_thread(self.blobs.put_file, key, path)
+            results[stem] = key
+        final = await asyncio.to_thread(
+            self.store.complete,
+            record.task_id,
+            self.worker,
+            results,
+            duration_s=track.duration_s,
+            conversion_cost=credits(track.duration_s, self.args.pricing.credits_per_minute),
+            payload=self._payload,
+        )
+        if final is None:
+            raise LeaseLostError()
+        return final
+
+
+class _ProgressWriter:
+    """Writes a task's progress at most once a second; stops the work (from the worker
+    thread it is called in) once the lease is lost."""
+
+    def __init__(self, store: TaskStore, task_id: str, worker: str, lost: asyncio.Event) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.worker = worker
+        self.lost = lost
+        self.written_at = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if self.lost.is_set():
+            raise LeaseLostError()
+        now = time.monotonic()
+        if now - self.written_at < PROGRESS_EVERY_S and fraction < 1.0:
+            return
+        self.written_at = now
+        # The separation is most of the work; storing the stems is the rest.
+        if not self.store.set_progress(self.task_id, self.worker, 0.95 * fraction):
+            raise LeaseLostError()

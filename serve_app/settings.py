@@ -1,0 +1,198 @@
+"""The application's settings: the typed `args` of `build_app`, with the embedded defaults.
+
+Configuration flows one way: the defaults here, then the `args` of a Serve config file
+(configs/local.yaml, configs/cluster.yaml), then each deployment's `user_config` at
+runtime. Secrets (API keys, the webhook secret) may be named by an environment variable
+instead of written into the file; they are read when the application is built, never
+on import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.audio import DecodeLimits
+from models.routing import DEFAULT_ROUTING_PATH
+from serve_app.fetch import FetchLimits
+from serve_app.form import UploadLimits
+from serve_app.webhooks import RetrySchedule
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKey(Section):
+    """One API key, stored as the SHA-256 of the key (hex); `name` owns its tasks."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AuthSettings(Section):
+    """Who may call the API. Off only in the local profile, which binds to 127.0.0.1."""
+
+    enabled: bool = False
+    keys: tuple[ApiKey, ...] = ()
+    # An environment variable holding more keys as `name:key` pairs, comma separated
+    # (a Kubernetes secret); they are hashed as they are read.
+    keys_env: str | None = None
+
+    def all_keys(self) -> tuple[ApiKey, ...]:
+        """The configured keys and those of `keys_env`, hashed."""
+        extra: list[ApiKey] = []
+        if self.keys_env and os.environ.get(self.keys_env):
+            for pair in os.environ[self.keys_env].split(","):
+                name, _, key = pair.strip().partition(":")
+                if not name or not key:
+                    raise ValueError(f"{self.keys_env} must hold name:key pairs, comma separated")
+                extra.append(ApiKey(name=name, sha256=hash_key(key)))
+        return (*self.keys, *extra)
+
+
+def hash_key(key: str) -> str:
+    """How an API key is stored: SHA-256, hex. Keys are long random strings, so a slow
+    password hash would add nothing but latency to every request."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class UploadSettings(Section):
+    """Limits on the multipart body of POST /Extraction."""
+
+    max_body_bytes: int = Field(500 * 1024**2, gt=0)
+    max_fields: int = Field(16, gt=0)
+    max_field_bytes: int = Field(64 * 1024, gt=0)
+
+    def limits(self) -> UploadLimits:
+        """As the form reader takes them."""
+        return UploadLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_fields=self.max_fields,
+            max_field_bytes=self.max_field_bytes,
+        )
+
+
+class FetchSettings(Section):
+    """Limits on downloading `audio_url`."""
+
+    timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_bytes: int = Field(500 * 1024**2, gt=0)
+    max_redirects: int = Field(3, ge=0)
+
+    def limits(self) -> FetchLimits:
+        """As `fetch_audio` takes them."""
+        return FetchLimits(
+            timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+            max_bytes=self.max_bytes,
+            max_redirects=self.max_redirects,
+        )
+
+
+class DecodeSettings(Section):
+    """Limits on decoding an input; see models.audio.DecodeLimits."""
+
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
+    max_channels: int = Field(16, gt=0)
+
+    def limits(self) -> DecodeLimits:
+        """As `decode` takes them."""
+        return DecodeLimits(
+            max_duration_s=self.max_duration_s,
+            max_decoded_bytes=self.max_decoded_bytes,
+            max_channels=self.max_channels,
+        )
+
+
+class WebhookSettings(Section):
+    """Signing and retrying webhooks."""
+
+    # The Standard Webhooks secret ("whsec_..."), or the environment variable holding it.
+    # Neither set: a secret is generated when the application is built (fine on a laptop;
+    # receivers then cannot verify across restarts).
+    secret: str | None = None
+    secret_env: str | None = None
+    delays_s: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600)
+    jitter: float = Field(0.2, ge=0, lt=1)
+    timeout_s: float = Field(10.0, gt=0)
+    max_retry_after_s: float = Field(3600.0, gt=0)
+    poll_s: float = Field(5.0, gt=0)
+    concurrency: int = Field(8, gt=0)
+
+    def schedule(self) -> RetrySchedule:
+        """As the dispatcher takes it."""
+        return RetrySchedule(
+            delays_s=self.delays_s,
+            jitter=self.jitter,
+            timeout_s=self.timeout_s,
+            max_retry_after_s=self.max_retry_after_s,
+        )
+
+
+class PipelineSettings(Section):
+    """How Pipeline replicas take and run tasks."""
+
+    lease_s: float = Field(30.0, gt=0)  # a task whose worker stops renewing is retaken after this
+    poll_s: float = Field(2.0, gt=0)  # how often an idle replica looks for work
+    tasks_per_replica: int = Field(2, gt=0)
+    segments_in_flight: int = Field(4, gt=0)  # per task, sent to the Separator together
+    max_claims: int = Field(3, gt=0)  # a task that stopped its worker this often is FAILED
+
+
+class EngineSettings(Section):
+    """How the Separator runs its model."""
+
+    device: str = "cpu"  # auto, cpu or cuda
+    precision: str = "fp32"
+    overlap: float = Field(0.25, ge=0, lt=1)
+    shifts: int = Field(0, ge=0)
+
+
+class PricingSettings(Section):
+    """How `eta` and `credit_estimate` are computed (see the README)."""
+
+    credits_per_minute: float = Field(1.0, ge=0)
+    # Seconds of work per second of audio and per model pass, used until this
+    # deployment has finished tasks of its own to measure.
+    seconds_per_audio_second: float = Field(1.0, gt=0)
+
+
+class AppArgs(Section):
+    """Everything `build_app` takes; every field has the local default."""
+
+    data_dir: str = "data"
+    database_url: str | None = None  # default: sqlite:///<data_dir>/tasks.db
+    routing: str = str(DEFAULT_ROUTING_PATH)
+    model_dir: str | None = None
+    use_hub: bool = True
+    public_url: str = "http://127.0.0.1:8000"  # where clients reach the API; stem URLs use it
+    auth: AuthSettings = AuthSettings()
+    uploads: UploadSettings = UploadSettings()
+    fetch: FetchSettings = FetchSettings()
+    decode: DecodeSettings = DecodeSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    engine: EngineSettings = EngineSettings()
+    pricing: PricingSettings = PricingSettings()
+
+    def data_path(self) -> Path:
+        """The data folder, absolute, so every replica resolves it alike."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    def db_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data folder."""
+        return self.database_url or f"sqlite:///{self.data_path() / 'tasks.db'}"
+
+    def webhook_secret(self) -> str | None:
+        """The configured webhook secret, if any."""
+        if self.webhooks.secret_env and os.environ.get(self.webhooks.secret_env):
+            return os.environ[self.webhooks.secret_env]
+        return self.webhooks.secret

@@ -1,0 +1,212 @@
+"""Fixtures for the service tests: Ray and the application start once per test session,
+with a small random-weight htdemucs_6s, and are reached over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import ray
+import requests
+from ray import serve
+
+from models.audio import decode
+from models.encode import StemEncoder
+from models.synth import render_music
+from serve_app.app import build_app
+from serve_app.settings import (
+    ApiKey,
+    AppArgs,
+    AuthSettings,
+    PipelineSettings,
+    UploadSettings,
+    WebhookSettings,
+    hash_key,
+)
+from serve_app.webhooks import new_secret
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210"
+SECRET = new_secret()
+UPLOAD_CAP = 4 * 1024**2
+RATE = 44100
+APP = "stemsplit"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """The running application under test."""
+
+    url: str
+    args: AppArgs
+
+    def api(self, path: str) -> str:
+        """The full URL of an API path."""
+        return f"{self.url}/api/public/v1/{path.lstrip('/')}"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Service]:
+    """Ray, Serve and the application, once for the whole session."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("service")
+    args = AppArgs(
+        data_dir=str(data),
+        model_dir=str(model_dir),
+        use_hub=False,
+        public_url=f"http://127.0.0.1:{port}",
+        auth=AuthSettings(
+            enabled=True,
+            keys=(
+                ApiKey(name="alice", sha256=hash_key(KEY_A)),
+                ApiKey(name="bob", sha256=hash_key(KEY_B)),
+            ),
+        ),
+        uploads=UploadSettings(max_body_bytes=UPLOAD_CAP),
+        webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2, 0.2), jitter=0.0, poll_s=0.5),
+        pipeline=PipelineSettings(
+            lease_s=3.0, poll_s=0.5, tasks_per_replica=3, segments_in_flight=2
+        ),
+    )
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        yield Service(url=f"http://127.0.0.1:{port}", args=args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def write_song(path: Path, seconds: float, *, seed: int = 0, fmt: str = "wav") -> None:
+    """Synthetic music (chords, bass, drums) as a 16-bit file."""
+    music = render_music(seconds, RATE, seed=seed)
+    encoder = StemEncoder(path, fmt, sample_rate=RATE, channels=music.shape[0], layout="stereo")
+    encoder.write(music)
+    encoder.close()
+
+
+@pytest.fixture(scope="session")
+def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six seconds of synthetic music."""
+    path = tmp_path_factory.mktemp("songs") / "song.wav"
+    write_song(path, 6.0)
+    return path
+
+
+@dataclass
+class Recorder:
+    """A loopback HTTP server that serves files and records what is POSTed to it."""
+
+    url: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    posts: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for_posts(self, count: int, timeout_s: float = 60.0) -> None:
+        """Block until `count` POSTs have arrived."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.posts) >= count, timeout_s), self.posts
+
+
+@pytest.fixture(scope="session")
+def recorder() -> Iterator[Recorder]:
+    """A recording HTTP server on 127.0.0.1."""
+    port = free_port()
+    state = Recorder(url=f"http://127.0.0.1:{port}")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(204)
+            self.end_headers()
+            with state.arrived:
+                state.posts.append((self.path, dict(self.headers.items()), body))
+                state.arrived.notify_all()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def submit(
+    service: Service,
+    *,
+    key: str = KEY_A,
+    song: Path | None = None,
+    **fields: str,
+) -> requests.Response:
+    """POST /Extraction with form fields and, optionally, an audio_file."""
+    if song is None:
+        return requests.post(
+            service.api("Extraction"), headers={"Authorization": key}, data=fields, timeout=60
+        )
+    with song.open("rb") as audio:
+        return requests.post(
+            service.api("Extraction"),
+            headers={"Authorization": key},
+            data=fields,
+            files={"audio_file": (song.name, audio)},
+            timeout=60,
+        )
+
+
+def wait_final(
+    service: Service, task_id: str, *, key: str = KEY_A, timeout_s: float = 120.0
+) -> dict:
+    """Poll byId until the task is COMPLETED or FAILED; returns the conversion object."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout_s, deadline.set)
+    timer.start()
+    try:
+        while not deadline.is_set():
+            answer = requests.get(
+                service.api("byId"),
+                params={"conversionType": "EXTRACTION", "task_id": task_id},
+                headers={"Authorization": key},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            conversion: dict[str, Any] = answer.json()["conversion"]
+            if conversion["status"] in ("COMPLETED", "FAILED"):
+                return conversion
+            deadline.wait(0.25)  # polling interval, as a client polls
+    finally:
+        timer.cancel()
+    raise AssertionError(f"task {task_id} did not finish in {timeout_s} s")
+
+
+def samples_of(data: bytes) -> npt.NDArray[np.float32]:
+    """Decode audio bytes to (channels, frames) float32."""
+    return decode(data).samples

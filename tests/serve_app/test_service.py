@@ -1,0 +1,254 @@
+"""The service end to end over real HTTP on loopback: Ray Serve, the small random-weight
+model, SQLite, the blob folder, a webhook receiver and an audio_url server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import requests
+from ray import serve
+
+from models.preprocess import preprocess
+from serve_app.app import separator_name
+from serve_app.tasks import TaskStore
+from serve_app.webhooks import verify
+from tests.serve_app.conftest import (
+    APP,
+    KEY_A,
+    KEY_B,
+    RATE,
+    SECRET,
+    UPLOAD_CAP,
+    Recorder,
+    Service,
+    samples_of,
+    submit,
+    wait_final,
+    write_song,
+)
+
+QUANTUM = 1.0 / 32768  # one 16-bit step
+
+
+def download_all(
+    service: Service, conversion: dict[str, Any], key: str = KEY_A
+) -> dict[str, bytes]:
+    """Every stem file of a finished task."""
+    files = {}
+    for stem, url in conversion["stems"].items():
+        answer = requests.get(url, headers={"Authorization": key}, timeout=30)
+        assert answer.status_code == 200, (stem, answer.text)
+        files[stem] = answer.content
+    return files
+
+
+def test_musicgpt_sample_upload_with_denoise(service: Service, song: Path) -> None:
+    """MusicGPT's own Python sample, unchanged but for the base URL."""
+    with song.open("rb") as audio:
+        answer = requests.post(
+            service.api("Extraction"),
+            headers={"Authorization": KEY_A},
+            data={
+                "audio_url": "",
+                "stems": json.dumps(["vocals", "instrumental", "drums"]),
+                "preprocessing_options": json.dumps(["Denoise"]),
+                "webhook_url": "",
+            },
+            files={"audio_file": audio},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+    created = answer.json()
+    assert created["success"] is True
+    assert created["task_id"] != created["conversion_id"]
+    assert created["eta"] > 0
+    assert created["credit_estimate"] == round(6.0 / 60.0, 2)
+    conversion = wait_final(service, created["task_id"])
+    assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+    assert conversion["progress"] == 1.0
+    assert set(conversion["stems"]) == {"vocals", "instrumental", "drums"}
+    files = download_all(service, conversion)
+    original = samples_of(song.read_bytes())
+    stems = {stem: samples_of(data) for stem, data in files.items()}
+    for stem, samples in stems.items():
+        assert samples.shape == original.shape, stem
+    # instrumental = (cleaned) mixture - vocals, so the two add up to the cleaned input.
+    cleaned = preprocess(original, RATE, ["Denoise"])
+    total = stems["vocals"] + stems["instrumental"]
+    assert np.abs(total - cleaned).max() <= 2 * QUANTUM
+
+
+def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Recorder) -> None:
+    recorder.files["/song.flac"] = b""
+    flac = song.with_name("url-song.flac")
+    write_song(flac, 4.0, seed=3, fmt="flac")
+    recorder.files["/song.flac"] = flac.read_bytes()
+    before = len(recorder.posts)
+    answer = submit(
+        service,
+        audio_url=f"{recorder.url}/song.flac",
+        stems=json.dumps(["vocals", "instrumental"]),
+        webhook_url=f"{recorder.url}/hook",
+        output_format="flac",
+    )
+    assert answer.status_code == 200, answer.text
+    created = answer.json()
+    assert created["eta"] == -1  # the duration is unknown until the URL is fetched
+    conversion = wait_final(service, created["task_id"])
+    assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+    assert conversion["duration_s"] == 4.0
+    files = download_all(service, conversion)
+    original = samples_of(flac.read_bytes())
+    total = samples_of(files["vocals"]) + samples_of(files["instrumental"])
+    assert total.shape == original.shape
+    assert np.abs(total - original).max() <= 2 * QUANTUM
+    recorder.wait_for_posts(before + 1)
+    _path, headers, body = next(post for post in recorder.posts[before:] if post[0] == "/hook")
+    verify(SECRET, headers, body)
+    sent = json.loads(body)
+    assert sent["task_id"] == created["task_id"]
+    assert sent["status"] == "COMPLETED"
+    assert sent["stems"] == conversion["stems"]
+
+
+def test_failed_task_reports_a_reason(service: Service, recorder: Recorder) -> None:
+    answer = submit(service, audio_url=f"{recorder.url}/missing.mp3")
+    assert answer.status_code == 200
+    conversion = wait_final(service, answer.json()["task_id"])
+    assert conversion["status"] == "FAILED"
+    assert conversion["status_msg"] == "audio_url answered HTTP 404"
+
+
+def test_validation_errors_name_the_field(service: Service, song: Path) -> None:
+    cases = [
+        ({"stems": "[vocals"}, "stems"),
+        ({"stems": json.dumps(["vox"])}, "stems"),
+        ({"stems": json.dumps(["kick_drum"])}, "stems"),
+        ({"preprocessing_options": json.dumps(["Autotune"])}, "preprocessing_options"),
+        ({"output_format": "ogg"}, "output_format"),
+        ({"webhook_url": "ftp://example.invalid/x"}, "webhook_url"),
+    ]
+    for fields, name in cases:
+        answer = submit(service, song=song, **fields)
+        assert answer.status_code == 422, (fields, answer.text)
+        body = answer.json()
+        assert body["success"] is False and body["field"] == name, body
+    neither = submit(service, stems=json.dumps(["vocals"]))
+    assert neither.status_code == 422
+    both = submit(service, song=song, audio_url="http://127.0.0.1:1/a.mp3")
+    assert both.status_code == 422
+    not_audio = requests.post(
+        service.api("Extraction"),
+        headers={"Authorization": KEY_A},
+        files={"audio_file": ("song.mp3", b"this is not audio at all" * 50)},
+        timeout=30,
+    )
+    assert not_audio.status_code == 422
+    assert not_audio.json()["field"] == "audio_file"
+
+
+def test_auth_and_tenancy(service: Service, song: Path) -> None:
+    for header in ({}, {"Authorization": "wrong"}, {"Authorization": "Bearer wrong"}):
+        answer = requests.post(service.api("Extraction"), headers=header, timeout=30)
+        assert answer.status_code == 401
+        assert (
+            answer.json()["error"]
+            == "missing or invalid API key; send it as the Authorization header"
+        )
+    created = submit(service, key=f"Bearer {KEY_A}", song=song, stems='["vocals"]').json()
+    conversion = wait_final(service, created["task_id"])
+    assert conversion["status"] == "COMPLETED"
+    other = requests.get(
+        service.api("byId"),
+        params={"task_id": created["task_id"]},
+        headers={"Authorization": KEY_B},
+        timeout=30,
+    )
+    assert other.status_code == 404
+    by_conversion = requests.get(
+        service.api("byId"),
+        params={"conversion_id": created["conversion_id"]},
+        headers={"Authorization": KEY_A},
+        timeout=30,
+    )
+    assert by_conversion.json()["conversion"]["task_id"] == created["task_id"]
+    url = conversion["stems"]["vocals"]
+    assert requests.get(url, headers={"Authorization": KEY_B}, timeout=30).status_code == 404
+    assert requests.get(url, timeout=30).status_code == 401
+    unknown = requests.get(
+        service.api("byId"),
+        params={"task_id": "nope"},
+        headers={"Authorization": KEY_A},
+        timeout=30,
+    )
+    assert unknown.status_code == 404
+
+
+def test_upload_over_the_cap_is_413(service: Service) -> None:
+    answer = requests.post(
+        service.api("Extraction"),
+        headers={"Authorization": KEY_A},
+        files={"audio_file": ("big.wav", b"\0" * (UPLOAD_CAP + 1))},
+        timeout=60,
+    )
+    assert answer.status_code == 413
+
+
+def test_catalogue_health_and_docs(service: Service) -> None:
+    stems = requests.get(service.api("stems"), timeout=30).json()
+    assert len(stems["stems"]) == 23
+    assert set(stems["served"]) == {"drums", "bass", "vocals", "guitar", "piano", "instrumental"}
+    health = requests.get(f"{service.url}/healthz", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    schema = requests.get(f"{service.url}/openapi.json", timeout=30).json()
+    assert "/api/public/v1/Extraction" in schema["paths"]
+    assert requests.get(f"{service.url}/docs", timeout=30).status_code == 200
+
+
+def test_concurrent_tasks_share_separator_batches(service: Service, tmp_path: Path) -> None:
+    songs = []
+    for seed in range(3):
+        path = tmp_path / f"song{seed}.wav"
+        write_song(path, 8.0, seed=10 + seed)
+        songs.append(path)
+    separator = serve.get_deployment_handle(separator_name("htdemucs_6s"), app_name=APP)
+    before = separator.batch_stats.remote().result()
+    ids = [submit(service, song=path, stems='["drums"]').json()["task_id"] for path in songs]
+    for task_id in ids:
+        assert wait_final(service, task_id)["status"] == "COMPLETED"
+    after = separator.batch_stats.remote().result()
+    shared = sum(
+        count - before["tasks_per_batch"].get(tasks, 0)
+        for tasks, count in after["tasks_per_batch"].items()
+        if tasks > 1
+    )
+    assert shared > 0, after
+
+
+def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_path: Path) -> None:
+    long_song = tmp_path / "long.mp3"  # mp3 keeps 40 s under the test's upload cap
+    write_song(long_song, 40.0, seed=7, fmt="mp3")
+    task_id = submit(service, song=long_song, stems='["bass"]').json()["task_id"]
+    store = TaskStore(service.args.db_url())
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=APP)
+    # Wait (by polling the replica, which answers while it works) until the task runs.
+    while task_id not in pipeline.running_tasks.remote().result():
+        record = store.get(task_id)
+        assert record is not None and record.status.value in ("IN_QUEUE", "PROCESSING")
+    replicas = [
+        name
+        for name in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(name, dict) and "Pipeline" in name["name"] and "REPLICA" in name["name"]
+    ]
+    assert len(replicas) == 1, replicas
+    ray.kill(
+        ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True
+    )
+    conversion = wait_final(service, task_id, timeout_s=240)
+    assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+    record = store.get(task_id)
+    assert record is not None and record.claims == 2
