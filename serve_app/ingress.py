@@ -30,7 +30,7 @@ from serve_app.auth import Authenticator, AuthError
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
-from serve_app.records import Status, TaskRecord, TaskSpec
+from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.settings import AppArgs
 from serve_app.tasks import TaskStore
 
@@ -75,6 +75,23 @@ EXTRACTION_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+def webhook_report(delivery: Delivery) -> dict[str, Any]:
+    """A webhook delivery and its attempts, as byId shows them (never the payload)."""
+    return {
+        "webhook_id": delivery.delivery_id,
+        "state": delivery.state.value,
+        "attempts": [
+            {
+                "at": attempt.at.isoformat(),
+                "outcome": attempt.outcome,
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+            }
+            for attempt in delivery.attempts
+        ],
+    }
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -191,9 +208,10 @@ class Ingress:
         record = await asyncio.to_thread(self._owned, owner, task_id, conversion_id)
         if record is None:
             return error(404, "no such task")
-        return JSONResponse(
-            {"success": True, "conversion": conversion(record, self.args.public_url)}
-        )
+        deliveries = await asyncio.to_thread(self.store.deliveries, record.task_id)
+        body = conversion(record, self.args.public_url)
+        body["webhook"] = [webhook_report(delivery) for delivery in deliveries]
+        return JSONResponse({"success": True, "conversion": body})
 
     def _owned(
         self, owner: str, task_id: str | None, conversion_id: str | None

@@ -4,6 +4,7 @@ model, SQLite, the blob folder, a webhook receiver and an audio_url server."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,13 @@ def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Re
     assert sent["task_id"] == created["task_id"]
     assert sent["status"] == "COMPLETED"
     assert sent["stems"] == conversion["stems"]
+    # The delivery and its attempt are recorded with the task.
+    report = wait_final(service, created["task_id"])["webhook"]
+    while report[0]["state"] == "PENDING":  # the receiver answered; the record follows
+        report = wait_final(service, created["task_id"])["webhook"]
+    assert report[0]["webhook_id"] == headers["webhook-id"]
+    assert report[0]["state"] == "DELIVERED"
+    assert [attempt["status_code"] for attempt in report[0]["attempts"]] == [204]
 
 
 def test_failed_task_reports_a_reason(service: Service, recorder: Recorder) -> None:
@@ -212,12 +220,15 @@ def test_catalogue_health_and_docs(service: Service) -> None:
 def test_concurrent_tasks_share_separator_batches(service: Service, tmp_path: Path) -> None:
     songs = []
     for seed in range(3):
-        path = tmp_path / f"song{seed}.wav"
-        write_song(path, 8.0, seed=10 + seed)
+        # Long enough that the three tasks overlap in time; mp3 to stay under the cap.
+        path = tmp_path / f"song{seed}.mp3"
+        write_song(path, 20.0, seed=10 + seed, fmt="mp3")
         songs.append(path)
     separator = serve.get_deployment_handle(separator_name("htdemucs_6s"), app_name=APP)
     before = separator.batch_stats.remote().result()
-    ids = [submit(service, song=path, stems='["drums"]').json()["task_id"] for path in songs]
+    with ThreadPoolExecutor(len(songs)) as pool:
+        answers = list(pool.map(lambda path: submit(service, song=path, stems='["drums"]'), songs))
+    ids = [answer.json()["task_id"] for answer in answers]
     for task_id in ids:
         assert wait_final(service, task_id)["status"] == "COMPLETED"
     after = separator.batch_stats.remote().result()
