@@ -57,6 +57,10 @@ class UploadLimits:
     max_fields: int = 16
     max_files: int = 1
     max_field_bytes: int = 64 * 1024
+    # Malformed-multipart guards: what a well-formed form never comes near.
+    max_preamble_bytes: int = 64 * 1024  # bytes before the first part
+    max_part_headers: int = 8  # header lines per part
+    max_header_bytes: int = 8 * 1024  # one header line, name and value
 
 
 class FormError(Exception):
@@ -190,6 +194,8 @@ class _PartReader:
         self.file_bytes = 0
         self.pending = bytearray()  # file bytes parsed but not yet written to the spool
         self.ended = False
+        self.parts = 0  # parts begun so far
+        self._headers = 0  # header lines of the current part
         self._files = 0
         self._name = ""
         self._in_file = False
@@ -212,16 +218,33 @@ class _PartReader:
         }
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        self._headers = 0
         self._disposition = b""
         self._value.clear()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._check_header_size()
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._check_header_size()
+
+    def _check_header_size(self) -> None:
+        if len(self._header_name) + len(self._header_value) > self.limits.max_header_bytes:
+            raise FormError(
+                f"a multipart part header is longer than "
+                f"{describe_size(self.limits.max_header_bytes)}",
+                status=400,
+            )
 
     def on_header_end(self) -> None:
+        self._headers += 1
+        if self._headers > self.limits.max_part_headers:
+            raise FormError(
+                f"a multipart part has more than {self.limits.max_part_headers} headers", status=400
+            )
         if self._header_name.lower() == b"content-disposition":
             self._disposition = bytes(self._header_value)
         self._header_name.clear()
@@ -314,6 +337,12 @@ async def _read_body(
                 if received > max_body_bytes:
                     raise _too_large(max_body_bytes)
                 _parse(parser, chunk)
+                if not reader.parts and received > reader.limits.max_preamble_bytes:
+                    raise FormError(
+                        "no multipart part begins in the first "
+                        f"{describe_size(reader.limits.max_preamble_bytes)} of the body",
+                        status=400,
+                    )
                 if reader.pending:
                     if spool is None:
                         spool = await anyio.open_file(upload, "xb")
