@@ -165,6 +165,12 @@ class Ingress:
                 raise FormError(
                     "audio_file is not an audio file this service can read", field="audio_file"
                 ) from failure
+            limit = self.args.decode.max_duration_s
+            if duration > limit:
+                raise FormError(
+                    f"audio_file is {duration:.0f} seconds long; the limit is {limit:g} seconds",
+                    field="audio_file",
+                )
             suffix = PurePosixPath(form.filename or "").suffix.lower()
             name = "audio" + (suffix if suffix in INPUT_SUFFIXES else "")
             input_key = f"inputs/{uuid.uuid4().hex}/{name}"

@@ -137,6 +137,29 @@ class WebhookSettings(Section):
         )
 
 
+class OutboundSettings(Section):
+    """Which addresses `audio_url` downloads and webhooks may reach. By default only
+    public addresses: loopback, private, link-local (cloud metadata), CGNAT, multicast
+    and the like are refused (serve_app/netguard.py)."""
+
+    allow_private: bool = False  # true: no address is refused (a trusted network only)
+    allowed_networks: tuple[str, ...] = ()  # CIDRs reachable even though not public
+    allowed_ports: tuple[int, ...] = ()  # empty: any port
+
+
+class LimitSettings(Section):
+    """Per-key request limits."""
+
+    conversions_per_minute: int = Field(60, gt=0)  # MusicGPT's default
+
+
+class RetentionSettings(Section):
+    """How long inputs and stems are kept after a task ends."""
+
+    keep_s: float = Field(24 * 3600.0, gt=0)
+    sweep_every_s: float = Field(300.0, gt=0)
+
+
 class PipelineSettings(Section):
     """How Pipeline replicas take and run tasks."""
 
@@ -179,6 +202,9 @@ class AppArgs(Section):
     fetch: FetchSettings = FetchSettings()
     decode: DecodeSettings = DecodeSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    outbound: OutboundSettings = OutboundSettings()
+    limits: LimitSettings = LimitSettings()
+    retention: RetentionSettings = RetentionSettings()
     pipeline: PipelineSettings = PipelineSettings()
     engine: EngineSettings = EngineSettings()
     pricing: PricingSettings = PricingSettings()

@@ -83,7 +83,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
             lease_s=3.0, poll_s=0.5, tasks_per_replica=3, segments_in_flight=2
         ),
     )
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP, route_prefix="/")

@@ -1,0 +1,420 @@
+"""Hostile input against the running service, over real HTTP on loopback (issue 5).
+
+A second application, `strict`, runs beside the session's one with tight limits and the
+cluster profile's outbound policy: only 127.0.0.2 is allow-listed, so 127.0.0.1 in any
+spelling is a refused private target. Listeners record every connection they accept,
+so a refusal is proven by a count of zero. After every case `/healthz` must answer
+within a second.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import psutil
+import pytest
+import requests
+from av.audio.frame import AudioFrame
+from ray import serve
+
+from models.encode import StemEncoder
+from serve_app.app import build_app
+from serve_app.settings import (
+    ApiKey,
+    AppArgs,
+    AuthSettings,
+    DecodeSettings,
+    FetchSettings,
+    LimitSettings,
+    OutboundSettings,
+    PipelineSettings,
+    RetentionSettings,
+    UploadSettings,
+    WebhookSettings,
+    hash_key,
+)
+from tests.serve_app.conftest import KEY_A, KEY_B, SECRET, Service, free_port, write_song
+
+STRICT = "strict"
+KEY_C = "key-c-rate-limited-0000"
+CAP = 1024**2
+MAX_DURATION_S = 60.0
+RATE_LIMIT = 3
+ALLOWED_HOST = "127.0.0.2"  # loopback too, but allow-listed: the "public" host here
+
+
+@dataclass
+class Strict:
+    """The strict application."""
+
+    url: str  # base URL including the route prefix
+    args: AppArgs
+
+    def api(self, path: str) -> str:
+        return f"{self.url}/api/public/v1/{path.lstrip('/')}"
+
+    def healthy_within_a_second(self) -> None:
+        started = time.monotonic()
+        answer = requests.get(f"{self.url}/healthz", timeout=1.0)
+        assert answer.status_code == 200
+        assert time.monotonic() - started < 1.0
+
+
+@dataclass
+class Listener:
+    """An HTTP server on one loopback address that counts the connections it accepts."""
+
+    host: str
+    port: int
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def start_listener(host: str, files: dict[str, bytes]) -> tuple[Listener, Any]:
+    """A listener that serves `files`, redirects (/redirect?to=URL), trickles bytes
+    forever (/trickle) or streams without end (/endless)."""
+    port = free_port()
+    listener = Listener(host, port)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            with listener.lock:
+                listener.connections += 1
+            super().setup()
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/redirect?to="):
+                self.send_response(302)
+                self.send_header("Location", self.path.removeprefix("/redirect?to="))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == "/trickle":
+                self.send_response(200)
+                self.end_headers()
+                self._stream(b"\0", pause_s=0.2)
+            elif self.path == "/endless":
+                self.send_response(200)
+                self.end_headers()
+                self._stream(b"\0" * 65536, pause_s=0.0)
+            elif self.path in files:
+                body = files[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_error(404)
+
+        def do_POST(self) -> None:
+            self.send_response(204)
+            self.end_headers()
+
+        def _stream(self, chunk: bytes, pause_s: float) -> None:
+            stop = threading.Event()
+            try:
+                while not stop.wait(pause_s):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except OSError:
+                return  # the client gave up, as it should
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return listener, server
+
+
+@pytest.fixture(scope="module")
+def strict(
+    service: Service, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[Strict]:
+    """The strict application, in the session's Ray, under /strict."""
+    base = f"{service.url}/{STRICT}"
+    args = AppArgs(
+        data_dir=str(tmp_path_factory.mktemp("strict")),
+        model_dir=str(model_dir),
+        use_hub=False,
+        public_url=base,
+        auth=AuthSettings(
+            enabled=True,
+            keys=(
+                ApiKey(name="alice", sha256=hash_key(KEY_A)),
+                ApiKey(name="bob", sha256=hash_key(KEY_B)),
+                ApiKey(name="carol", sha256=hash_key(KEY_C)),
+            ),
+        ),
+        uploads=UploadSettings(max_body_bytes=CAP, max_fields=8, max_field_bytes=1024),
+        fetch=FetchSettings(timeout_s=2.0, max_bytes=256 * 1024, max_redirects=2),
+        decode=DecodeSettings(max_duration_s=MAX_DURATION_S, max_decoded_bytes=64 * 1024**2),
+        outbound=OutboundSettings(allowed_networks=(f"{ALLOWED_HOST}/32",)),
+        limits=LimitSettings(conversions_per_minute=RATE_LIMIT),
+        retention=RetentionSettings(keep_s=3.0, sweep_every_s=0.5),
+        webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2,), jitter=0.0, poll_s=0.5),
+        pipeline=PipelineSettings(lease_s=3.0, poll_s=0.5),
+    )
+    serve.run(build_app(args), name=STRICT, route_prefix=f"/{STRICT}")
+    try:
+        yield Strict(url=base, args=args)
+    finally:
+        serve.delete(STRICT)
+
+
+def post(
+    strict: Strict, *, key: str = KEY_A, files: Any = None, **fields: str
+) -> requests.Response:
+    return requests.post(
+        strict.api("Extraction"),
+        headers={"Authorization": key},
+        data=fields,
+        files=files,
+        timeout=60,
+    )
+
+
+def final(
+    strict: Strict, task_id: str, key: str = KEY_A, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """Poll byId until the task ends."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = requests.get(
+            strict.api("byId"),
+            params={"task_id": task_id},
+            headers={"Authorization": key},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        conversion: dict[str, Any] = answer.json()["conversion"]
+        if conversion["status"] in ("COMPLETED", "FAILED"):
+            return conversion
+        threading.Event().wait(0.2)  # a client's polling interval
+    raise AssertionError(f"task {task_id} did not end")
+
+
+def replica_rss(name: str) -> int:
+    """Resident bytes of the Ray worker whose process title names `name`."""
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if name in title:
+            return int(process.memory_info().rss)
+    raise AssertionError(f"no process titled {name}")
+
+
+# Row 1: a body over the upload cap.
+
+
+def send_streamed(strict: Strict, megabytes: int) -> int | None:
+    """POST a chunked multipart body of about `megabytes` MB; the status, or None when the
+    server answered and closed before the client had sent it all."""
+    head = b'--b\r\nContent-Disposition: form-data; name="audio_file"; filename="a.wav"\r\n\r\n'
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(megabytes):
+            yield b"\0" * 1024**2
+
+    try:
+        answer = requests.post(
+            strict.api("Extraction"),
+            headers={"Authorization": KEY_A, "Content-Type": "multipart/form-data; boundary=b"},
+            data=body(),
+            timeout=60,
+        )
+    except requests.ConnectionError:
+        return None
+    return answer.status_code
+
+
+def test_body_over_the_cap_is_413_without_buffering(strict: Strict) -> None:
+    assert send_streamed(strict, 2) in (413, None)  # warms the code paths up
+    ingress_before = replica_rss(f"ServeReplica:{STRICT}:Ingress")
+    proxy_before = replica_rss("ProxyActor")
+    assert send_streamed(strict, 96) in (413, None)
+    strict.healthy_within_a_second()
+    ingress_grown = replica_rss(f"ServeReplica:{STRICT}:Ingress") - ingress_before
+    proxy_grown = replica_rss("ProxyActor") - proxy_before
+    assert ingress_grown < 16 * 1024**2, ingress_grown
+    assert proxy_grown < 16 * 1024**2, proxy_grown
+    spool = Path(strict.args.data_dir) / "blobs" / ".spool"
+    assert not spool.exists() or not any(spool.iterdir())
+
+
+# Row 2: fields over their caps.
+
+
+def test_oversized_field_and_too_many_fields_are_refused_fast(strict: Strict) -> None:
+    started = time.monotonic()
+    big = post(strict, audio_url=f"http://{ALLOWED_HOST}/a.mp3", stems="[" + " " * 2048 + "]")
+    assert big.status_code == 413 and big.json()["field"] == "stems"
+    many = requests.post(
+        strict.api("Extraction"),
+        headers={"Authorization": KEY_A},
+        files=[(f"x{n}", (None, "1")) for n in range(100)],
+        timeout=30,
+    )
+    assert many.status_code in (413, 422)
+    assert time.monotonic() - started < 5.0
+    strict.healthy_within_a_second()
+
+
+# Row 3: malformed multipart.
+
+MALFORMED = {
+    "pathological boundary": ("x" * 5000, b"--" + b"x" * 5000 + b"\r\n"),
+    "megabyte preamble": ("b", b"A" * 3 * 1024**2 + b"\r\n--b\r\n"),
+    "thousands of part headers": (
+        "b",
+        b"--b\r\n"
+        + b"X-Filler: y\r\n" * 5000
+        + b'Content-Disposition: form-data; name="stems"\r\n\r\n[]\r\n--b--\r\n',
+    ),
+    "missing closing boundary": (
+        "b",
+        b'--b\r\nContent-Disposition: form-data; name="stems"\r\n\r\n["vocals"]\r\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_multipart_is_a_fast_4xx(strict: Strict, case: str) -> None:
+    boundary, body = MALFORMED[case]
+    started = time.monotonic()
+    try:
+        answer = requests.post(
+            strict.api("Extraction"),
+            headers={
+                "Authorization": KEY_A,
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+            data=body,
+            timeout=30,
+        )
+        assert 400 <= answer.status_code < 500, (case, answer.status_code, answer.text)
+        assert answer.json()["success"] is False
+    except requests.ConnectionError:
+        pass  # refused before the client finished sending: also a refusal
+    assert time.monotonic() - started < 5.0
+    strict.healthy_within_a_second()
+
+
+# Row 4: decoder bombs.
+
+
+def silent_opus(seconds: int) -> bytes:
+    """A tiny Ogg/Opus file of `seconds` of silence."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="stereo")
+        silence = np.zeros((2, 48000), dtype=np.float32)
+        for second in range(seconds):
+            frame = AudioFrame.from_ndarray(silence, format="fltp", layout="stereo")
+            frame.sample_rate = 48000
+            frame.pts = second * 48000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def lying_flac(path: Path, seconds: int, claims_s: int) -> bytes:
+    """A FLAC file of `seconds` of silence whose STREAMINFO claims `claims_s` seconds."""
+    rate = 8000
+    encoder = StemEncoder(path, "flac", sample_rate=rate, channels=1, layout="mono")
+    encoder.write(np.zeros((1, rate * seconds), dtype=np.float32))
+    encoder.close()
+    data = bytearray(path.read_bytes())
+    # STREAMINFO follows "fLaC" and a 4-byte block header; its bytes 10-17 pack the sample
+    # rate (20 bits), channels (3), bits per sample (5) and total samples (36).
+    start = 8 + 10
+    packed = int.from_bytes(data[start : start + 8], "big")
+    packed = (packed >> 36 << 36) | (rate * claims_s)
+    data[start : start + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_declared_hours_are_refused_at_upload(strict: Strict) -> None:
+    bomb = silent_opus(600)
+    assert len(bomb) < 200 * 1024
+    answer = post(strict, files={"audio_file": ("quiet.opus", bomb)})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "audio_file"
+    assert "limit" in answer.json()["error"]
+    strict.healthy_within_a_second()
+
+
+def test_a_header_that_lies_is_stopped_while_decoding(strict: Strict, tmp_path: Path) -> None:
+    liar = lying_flac(tmp_path / "liar.flac", seconds=300, claims_s=2)
+    answer = post(strict, files={"audio_file": ("liar.flac", liar)}, stems='["drums"]')
+    assert answer.status_code == 200, answer.text
+    conversion = final(strict, answer.json()["task_id"])
+    assert conversion["status"] == "FAILED"
+    assert conversion["status_msg"] == (
+        f"audio.flac: the audio is longer than the limit of {MAX_DURATION_S:g} seconds"
+    )
+    strict.healthy_within_a_second()
+
+
+# Row 5: empty, truncated and fake files.
+
+
+def test_empty_and_fake_files_are_422_at_upload(strict: Strict) -> None:
+    for name, content in (
+        ("empty.mp3", b""),
+        ("random.mp3", np.random.default_rng(0).bytes(50_000)),
+    ):
+        answer = post(strict, files={"audio_file": (name, content)})
+        assert answer.status_code == 422, (name, answer.text)
+        assert answer.json()["field"] == "audio_file"
+    strict.healthy_within_a_second()
+
+
+def test_truncated_mp3_ends_in_a_final_state(strict: Strict, tmp_path: Path) -> None:
+    path = tmp_path / "whole.mp3"
+    write_song(path, 6.0, fmt="mp3")
+    truncated = path.read_bytes()[: path.stat().st_size // 3]
+    answer = post(strict, files={"audio_file": ("cut.mp3", truncated)}, stems='["drums"]')
+    assert answer.status_code in (200, 422), answer.text
+    if answer.status_code == 200:
+        conversion = final(strict, answer.json()["task_id"])
+        assert conversion["status"] in ("COMPLETED", "FAILED")
+        assert "internal error" not in conversion["status_msg"]
+    strict.healthy_within_a_second()
+
+
+# Row 6: playlists and concat files disguised as audio.
+
+
+def test_playlists_and_concat_files_are_refused_without_connecting(strict: Strict) -> None:
+    target, server = start_listener("127.0.0.1", {})
+    try:
+        disguised = {
+            "hls.mp3": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target.url}/seg.ts\n"
+            "#EXT-X-ENDLIST\n",
+            "concat.mp3": f"ffconcat version 1.0\nfile '{target.url}/a.mp3'\nfile '/etc/passwd'\n",
+            "playlist.wav": f"[playlist]\nFile1={target.url}/a.mp3\nNumberOfEntries=1\n",
+        }
+        for name, text in disguised.items():
+            answer = post(strict, files={"audio_file": (name, text.encode())})
+            assert answer.status_code == 422, (name, answer.text)
+        assert target.connections == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    strict.healthy_within_a_second()
