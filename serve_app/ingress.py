@@ -11,8 +11,12 @@ status codes here, in one place; a task and its files are visible only to its ow
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the route
 # methods, and FastAPI must see `Request` as a class, not a string, to inject it.
 import asyncio
+import hashlib
+import json
 import logging
+import math
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,11 +36,12 @@ from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.settings import AppArgs
-from serve_app.tasks import TaskStore
+from serve_app.tasks import IdempotencyConflictError, IdempotencyKeyError, TaskStore
 
 logger = logging.getLogger("ray.serve")
 
 PREFIX = "/api/public/v1"
+RATE_WINDOW_S = 60.0
 INPUT_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"})
 
 api = FastAPI(
@@ -77,6 +82,25 @@ EXTRACTION_BODY: dict[str, Any] = {
 }
 
 
+def request_fingerprint(form: ExtractionForm) -> str:
+    """What makes two Extraction requests the same request: every field, and the bytes
+    of the upload."""
+    digest = hashlib.sha256()
+    fields = {
+        "stems": form.stems,
+        "preprocessing": form.preprocessing,
+        "output_format": form.output_format,
+        "audio_url": form.audio_url,
+        "webhook_url": form.webhook_url,
+    }
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    if form.upload is not None:
+        with form.upload.open("rb") as upload:
+            for block in iter(lambda: upload.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def webhook_report(delivery: Delivery) -> dict[str, Any]:
     """A webhook delivery and its attempts, as byId shows them (never the payload)."""
     return {
@@ -94,9 +118,13 @@ def webhook_report(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
+def error(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     """An error body shaped like MusicGPT's."""
-    return JSONResponse({"success": False, "error": message, **extra}, status_code=status)
+    return JSONResponse(
+        {"success": False, "error": message, **extra}, status_code=status, headers=headers
+    )
 
 
 @api.exception_handler(AuthError)
@@ -130,29 +158,70 @@ class Ingress:
 
     @api.post(f"{PREFIX}/Extraction", openapi_extra=EXTRACTION_BODY)
     async def extraction(self, request: Request) -> JSONResponse:
-        """Create an extraction task; answers before any processing."""
+        """Create an extraction task; answers before any processing. With an
+        `Idempotency-Key` header, a repeated request returns the first task."""
         owner = self.auth.owner(request.headers.get("authorization"))
+        idempotency_key = request.headers.get("idempotency-key")
+        retry_after = await asyncio.to_thread(self._rate_limited, owner)
+        if retry_after is not None:
+            return error(
+                429,
+                f"more than {self.args.limits.conversions_per_minute} conversions a minute",
+                headers={"Retry-After": str(retry_after)},
+            )
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(request, self.routing, spool, self.args.uploads.limits())
         try:
+            fingerprint = await asyncio.to_thread(request_fingerprint, form)
             spec = await asyncio.to_thread(self._spec, owner, form)
         finally:
             if form.upload is not None:
                 form.upload.unlink(missing_ok=True)
-        record = await asyncio.to_thread(self.store.create, spec)
-        logger.info(
-            "task %s: created by %s", record.task_id, owner, extra={"task_id": record.task_id}
-        )
-        self.pipeline.wake.remote()
+        try:
+            record, created = await asyncio.to_thread(
+                self._create, spec, idempotency_key, fingerprint
+            )
+        except (IdempotencyKeyError, IdempotencyConflictError) as failure:
+            await asyncio.to_thread(self._discard_upload, spec)
+            status = 400 if isinstance(failure, IdempotencyKeyError) else 422
+            return error(status, str(failure), field="Idempotency-Key")
+        if not created:
+            await asyncio.to_thread(self._discard_upload, spec)
+        else:
+            logger.info(
+                "task %s: created by %s", record.task_id, owner, extra={"task_id": record.task_id}
+            )
+            self.pipeline.wake.remote()
         return JSONResponse(
             {
                 "success": True,
                 "task_id": record.task_id,
                 "conversion_id": record.conversion_id,
-                "eta": spec.eta_s,
-                "credit_estimate": spec.credit_estimate,
+                "eta": record.spec.eta_s,
+                "credit_estimate": record.spec.credit_estimate,
             }
         )
+
+    def _discard_upload(self, spec: TaskSpec) -> None:
+        """Delete the upload of a request that made no task (a repeat, or refused)."""
+        if spec.input_key is not None:
+            self.blobs.delete_prefix(spec.input_key)
+
+    def _rate_limited(self, owner: str) -> int | None:
+        """Seconds until `owner` may create another task, or None when it may now."""
+        window = timedelta(seconds=RATE_WINDOW_S)
+        now = datetime.now(UTC)
+        if self.store.created_since(owner, now - window) < self.args.limits.conversions_per_minute:
+            return None
+        oldest = self.store.oldest_since(owner, now - window) or now
+        return max(1, math.ceil((oldest + window - now).total_seconds()))
+
+    def _create(
+        self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str
+    ) -> tuple[TaskRecord, bool]:
+        if idempotency_key is None:
+            return self.store.create(spec), True
+        return self.store.create_once(spec, idempotency_key, fingerprint)
 
     def _spec(self, owner: str, form: ExtractionForm) -> TaskSpec:
         """The task to create: the upload moved into the blob store, the estimates made."""
@@ -216,6 +285,7 @@ class Ingress:
             return error(404, "no such task")
         deliveries = await asyncio.to_thread(self.store.deliveries, record.task_id)
         body = conversion(record, self.args.public_url)
+        body["files_expired"] = record.files_expired_at is not None
         body["webhook"] = [webhook_report(delivery) for delivery in deliveries]
         return JSONResponse({"success": True, "conversion": body})
 
@@ -235,6 +305,8 @@ class Ingress:
         record = await asyncio.to_thread(self._owned, owner, task_id, None)
         if record is None:
             return error(404, "no such file")
+        if record.files_expired_at is not None:
+            return error(410, "the files of this task were deleted after the retention time")
         for stem, key in record.results.items():
             if stem_file(stem, record.spec.output_format) == name and self.blobs.exists(key):
                 return FileResponse(self.blobs.path(key), filename=name)

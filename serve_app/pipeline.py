@@ -42,6 +42,7 @@ from serve_app.conversion import conversion, credits, stem_key
 from serve_app.dispatcher import WebhookDispatcher
 from serve_app.fetch import FetchError, fetch_audio
 from serve_app.records import Status, TaskRecord
+from serve_app.retention import sweep, sweep_orphan_inputs
 from serve_app.separator import ModelShape, SegmentJob
 from serve_app.settings import AppArgs
 from serve_app.tasks import TaskStore
@@ -181,12 +182,16 @@ class Pipeline:
         return sorted(self.running)
 
     async def _claim_loop(self) -> None:
+        swept_at = float("-inf")
         while True:
             try:
                 await self._fill()
                 self.dispatcher.wake.remote()
                 counts = await asyncio.to_thread(self.store.counts)
                 metrics.queue_length().set(counts[Status.IN_QUEUE])
+                if time.monotonic() - swept_at >= self.args.retention.sweep_every_s:
+                    swept_at = time.monotonic()
+                    await asyncio.to_thread(self._sweep)
             except Exception:
                 logger.exception("pipeline claim loop: database or actor call failed")
             with contextlib.suppress(TimeoutError):
@@ -203,6 +208,17 @@ class Pipeline:
             task = asyncio.get_running_loop().create_task(self._run(record))
             self.running[record.task_id] = task
             task.add_done_callback(functools.partial(self._done, record.task_id))
+
+    def _sweep(self) -> None:
+        """Delete the files of tasks past the retention time, and uploads no task uses
+        (those only after an hour at least: an upload becomes a task within moments)."""
+        keep_s = self.args.retention.keep_s
+        swept = sweep(self.store, self.blobs, older_than_s=keep_s)
+        orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
+        if swept or orphans:
+            logger.info(
+                "retention: deleted the files of %d tasks, %d unused uploads", swept, orphans
+            )
 
     def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)

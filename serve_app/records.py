@@ -58,6 +58,9 @@ class TaskRecord:
     claims: int  # how many times a pipeline replica has claimed the task
     lease_owner: str | None
     lease_until: datetime | None
+    # Retention: set when the task's files stopped being served, then when they were deleted.
+    files_expired_at: datetime | None = None
+    files_deleted_at: datetime | None = None
 
 
 class DeliveryState(StrEnum):

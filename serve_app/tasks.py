@@ -1,40 +1,28 @@
 """The task store: every task's state and the webhook outbox, in one SQL database that the
 ingress, the pipeline replicas and the webhook dispatcher share (a SQLite file by default, in
-WAL mode so several processes can write; PostgreSQL in a cluster; portable SQLAlchemy Core).
+WAL mode so several processes can write; PostgreSQL in a cluster; the tables are in `schema`).
 Pipeline replicas take tasks under a lease (`claim`, `renew`), so a task whose worker died is
 taken again and one that keeps killing its workers is given up; every write that depends on
 who holds a task is a conditional UPDATE whose row count says whether it happened, so two
 processes never both win. A task's final state and its webhook delivery are written in one
-transaction, so neither exists without the other."""
+transaction, so neither exists without the other. The store also answers idempotent
+submissions (one task per owner and Idempotency-Key, enforced by a unique index), counts an
+owner's recent tasks for rate limits, and tracks the expiry of finished tasks' files for
+`retention`."""
 
 from __future__ import annotations
 
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     ColumnElement,
-    DateTime,
-    Dialect,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    Row,
-    String,
-    Table,
-    Text,
-    TypeDecorator,
     and_,
     case,
-    create_engine,
-    event,
     func,
     insert,
     literal,
@@ -42,8 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import IntegrityError
 
 from serve_app.records import (
     FINAL,
@@ -53,6 +40,22 @@ from serve_app.records import (
     Status,
     TaskRecord,
     TaskSpec,
+)
+from serve_app.schema import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    UtcDateTime,
+    as_utc,
+    attempt_row,
+    attempt_table,
+    create_tables,
+    delivery_row,
+    delivery_table,
+    make_engine,
+    read_task,
+    task_row,
+    task_table,
+    to_record,
+    with_attempts,
 )
 
 Payload = Callable[[TaskRecord], str]
@@ -72,92 +75,24 @@ class DeliveryMissingError(LookupError):
         super().__init__(f"no webhook delivery {delivery_id!r} in the outbox")
 
 
-class UtcDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes, stored as naive UTC so that every backend compares them alike."""
+class IdempotencyKeyError(ValueError):
+    """An Idempotency-Key that is empty or too long to store."""
 
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else as_utc(value).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long,"
+            f" got {len(key)}"
+        )
 
 
-def as_utc(moment: datetime) -> datetime:
-    """`moment` in UTC; a naive datetime is refused because its zone is a guess."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment.isoformat()} has no time zone: pass an aware UTC datetime")
-    return moment.astimezone(UTC)
+class IdempotencyConflictError(Exception):
+    """An Idempotency-Key that already created a task from a different request."""
 
-
-metadata = MetaData()
-
-task_table = Table(
-    "tasks",
-    metadata,
-    # The integer key orders tasks by creation, which claim and queue_ahead rely on.
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("task_id", String(36), nullable=False, unique=True),
-    Column("conversion_id", String(36), nullable=False, unique=True),
-    Column("owner", Text, nullable=False),
-    Column("stems", Text, nullable=False),
-    Column("preprocessing", Text, nullable=False),
-    Column("output_format", String(16), nullable=False),
-    Column("audio_url", Text),
-    Column("input_key", Text),
-    Column("webhook_url", Text),
-    Column("submitted_duration_s", Float),
-    Column("eta_s", Float, nullable=False),
-    Column("credit_estimate", Float, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("status_msg", Text, nullable=False),
-    Column("progress", Float, nullable=False),
-    Column("results", Text, nullable=False),
-    Column("duration_s", Float),
-    Column("conversion_cost", Float),
-    Column("created_at", UtcDateTime, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
-    Column("started_at", UtcDateTime),
-    Column("finished_at", UtcDateTime),
-    Column("claims", Integer, nullable=False),
-    Column("lease_owner", Text),
-    Column("lease_until", UtcDateTime),
-    Index("ix_tasks_claim", "status", "lease_until"),
-    Index("ix_tasks_finished", "status", "finished_at"),
-)
-
-delivery_table = Table(
-    "webhook_deliveries",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", String(64), nullable=False, unique=True),
-    Column("task_id", String(36), ForeignKey("tasks.task_id"), nullable=False),
-    Column("url", Text, nullable=False),
-    Column("payload", Text, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("next_attempt_at", UtcDateTime, nullable=False),
-    Column("created_at", UtcDateTime, nullable=False),
-    Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
-    Index("ix_webhook_deliveries_task", "task_id"),
-)
-
-attempt_table = Table(
-    "webhook_attempts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("delivery_id", String(64), ForeignKey("webhook_deliveries.delivery_id"), nullable=False),
-    Column("number", Integer, nullable=False),
-    Column("at", UtcDateTime, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("status_code", Integer),
-    Column("error", Text, nullable=False),
-    Column("seconds", Float, nullable=False),
-    Index("ix_webhook_attempts_delivery", "delivery_id", "number"),
-)
+    def __init__(self, key: str, task_id: str) -> None:
+        self.key = key
+        self.task_id = task_id
+        super().__init__("this Idempotency-Key was used with a different request")
 
 
 class TaskStore:
@@ -167,24 +102,92 @@ class TaskStore:
     thread-safe; call them from a thread in async code.
     """
 
-    def __init__(self, url: str, *, max_claims: int = 3, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_claims: int = 3,
+        busy_timeout_s: float = 30.0,
+        key_ttl_s: float = 86400.0,
+    ) -> None:
         if max_claims < 1:
             raise ValueError(f"max_claims must be at least 1, got {max_claims}")
+        if not key_ttl_s > 0:
+            raise ValueError(f"key_ttl_s must be a positive number of seconds, got {key_ttl_s}")
         self._max_claims = max_claims
-        self._engine = _make_engine(url, busy_timeout_s=busy_timeout_s)
-        _create_tables(self._engine)
+        self._key_ttl = timedelta(seconds=key_ttl_s)
+        self._engine = make_engine(url, busy_timeout_s=busy_timeout_s)
+        create_tables(self._engine)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
 
-    def create(self, spec: TaskSpec) -> TaskRecord:
-        """Store a new task, IN_QUEUE, with fresh task and conversion ids."""
-        now = _moment(None)
+    def create(
+        self,
+        spec: TaskSpec,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+        now: datetime | None = None,
+    ) -> TaskRecord:
+        """Store a new task, IN_QUEUE, with fresh task and conversion ids.
+
+        With an `idempotency_key`, as `create_once`, without saying whether the task is new.
+        """
+        if idempotency_key is not None:
+            return self.create_once(spec, idempotency_key, fingerprint, now=now)[0]
+        moment = _moment(now)
         task_id = str(uuid.uuid4())
         with self._engine.begin() as conn:
-            conn.execute(insert(task_table).values(**_new_task(task_id, spec, now)))
-            return _read_task(conn, task_table.c.task_id == task_id)
+            conn.execute(insert(task_table).values(**task_row(task_id, spec, moment)))
+            return read_task(conn, task_table.c.task_id == task_id)
+
+    def create_once(
+        self,
+        spec: TaskSpec,
+        idempotency_key: str,
+        fingerprint: str | None,
+        *,
+        now: datetime | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """The task `spec.owner` created with this key, and False; or a new one, and True.
+
+        `fingerprint` identifies the request (a hash of what it asked for): the key's task is
+        returned only for the same fingerprint, else IdempotencyConflictError. A key older
+        than `key_ttl_s` counts as unused: it moves to a new task and the old task stays.
+        Concurrent calls with one key, from any processes, create exactly one task.
+        """
+        if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise IdempotencyKeyError(idempotency_key)
+        moment = _moment(now)
+        task_id = str(uuid.uuid4())
+        holder = and_(
+            task_table.c.owner == spec.owner, task_table.c.idempotency_key == idempotency_key
+        )
+        row = {
+            **task_row(task_id, spec, moment),
+            "idempotency_key": idempotency_key,
+            "request_fingerprint": fingerprint,
+        }
+        try:
+            with self._engine.begin() as conn:
+                # Written first so that the transaction holds the write lock from the start.
+                conn.execute(
+                    update(task_table)
+                    .where(holder, task_table.c.created_at < moment - self._key_ttl)
+                    .values(idempotency_key=None, request_fingerprint=None)
+                )
+                conn.execute(insert(task_table).values(**row))
+                return read_task(conn, task_table.c.task_id == task_id), True
+        except IntegrityError:
+            existing = self._find_keyed(holder)
+            if existing is None:
+                raise
+        record, stored_fingerprint = existing
+        if stored_fingerprint != fingerprint:
+            raise IdempotencyConflictError(idempotency_key, record.task_id)
+        return record, False
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The task with this id, if any."""
@@ -327,18 +330,82 @@ class TaskStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def expired_tasks(self, before: datetime, *, limit: int = 1000) -> list[TaskRecord]:
-        """Final tasks that finished before `before`, oldest first, at most `limit`."""
+    def created_since(self, owner: str, since: datetime) -> int:
+        """How many tasks `owner` created at or after `since`."""
+        query = select(func.count()).where(_created_by_since(owner, since))
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def oldest_since(self, owner: str, since: datetime) -> datetime | None:
+        """When the oldest task `owner` created at or after `since` was created; None if none."""
+        query = select(func.min(task_table.c.created_at)).where(_created_by_since(owner, since))
+        with self._engine.connect() as conn:
+            oldest: datetime | None = conn.execute(query).scalar_one()
+        return oldest
+
+    def expire_files(
+        self, before: datetime, *, limit: int = 1000, now: datetime | None = None
+    ) -> list[TaskRecord]:
+        """Mark the files of at most `limit` final tasks finished before `before` expired (at
+        `now`), oldest first, and return those tasks as marked.
+
+        Only tasks this call marked are returned, so concurrent callers share the work.
+        """
+        moment = _moment(now)
+        candidates = self._expiry_candidates(as_utc(before), limit)
+        if not candidates:
+            return []
+        marked: list[int] = []
+        with self._engine.begin() as conn:
+            for key in candidates:
+                statement = (
+                    update(task_table)
+                    .where(task_table.c.id == key, _expirable(as_utc(before)))
+                    .values(files_expired_at=moment)
+                )
+                if conn.execute(statement).rowcount == 1:
+                    marked.append(key)
+            query = select(task_table).where(task_table.c.id.in_(marked))
+            by_key = {row.id: to_record(row) for row in conn.execute(query).all()}
+        return [by_key[key] for key in marked]
+
+    def files_awaiting_deletion(self, *, limit: int = 1000) -> list[TaskRecord]:
+        """Tasks whose files expired but are not yet known to be deleted, oldest first: left
+        by a sweep that stopped part way, or being deleted by one now."""
         query = (
             select(task_table)
             .where(
-                task_table.c.status.in_(_FINAL_VALUES), task_table.c.finished_at < as_utc(before)
+                task_table.c.files_deleted_at.is_(None), task_table.c.files_expired_at.isnot(None)
             )
-            .order_by(task_table.c.finished_at, task_table.c.id)
+            .order_by(task_table.c.files_expired_at, task_table.c.id)
             .limit(limit)
         )
         with self._engine.connect() as conn:
-            return [_to_record(row) for row in conn.execute(query).all()]
+            return [to_record(row) for row in conn.execute(query).all()]
+
+    def mark_files_deleted(self, task_ids: Collection[str], *, now: datetime | None = None) -> int:
+        """Record that these tasks' expired files are deleted; how many were newly marked."""
+        if not task_ids:
+            return 0
+        statement = (
+            update(task_table)
+            .where(
+                task_table.c.task_id.in_(list(task_ids)),
+                task_table.c.files_expired_at.isnot(None),
+                task_table.c.files_deleted_at.is_(None),
+            )
+            .values(files_deleted_at=_moment(now))
+        )
+        with self._engine.begin() as conn:
+            return int(conn.execute(statement).rowcount)
+
+    def input_keys_in_use(self, input_keys: Collection[str]) -> set[str]:
+        """Which of these blob keys some task names as its input (expired tasks included)."""
+        if not input_keys:
+            return set()
+        query = select(task_table.c.input_key).where(task_table.c.input_key.in_(list(input_keys)))
+        with self._engine.connect() as conn:
+            return set(conn.execute(query).scalars().all())
 
     def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
         """PENDING deliveries whose next attempt is due at `now`, soonest due first."""
@@ -352,7 +419,7 @@ class TaskStore:
             .limit(limit)
         )
         with self._engine.connect() as conn:
-            return _with_attempts(conn, conn.execute(query).all())
+            return with_attempts(conn, conn.execute(query).all())
 
     def record_attempt(
         self,
@@ -374,19 +441,34 @@ class TaskStore:
             if changed.rowcount != 1:
                 raise DeliveryMissingError(delivery_id)
             conn.execute(
-                insert(attempt_table).values(delivery_id=delivery_id, **_attempt_row(attempt))
+                insert(attempt_table).values(delivery_id=delivery_id, **attempt_row(attempt))
             )
 
     def deliveries(self, task_id: str) -> list[Delivery]:
         """Every webhook delivery of a task, with its attempts, in the order they were made."""
         query = select(delivery_table).where(delivery_table.c.task_id == task_id)
         with self._engine.connect() as conn:
-            return _with_attempts(conn, conn.execute(query.order_by(delivery_table.c.id)).all())
+            return with_attempts(conn, conn.execute(query.order_by(delivery_table.c.id)).all())
 
     def _find(self, where: ColumnElement[bool]) -> TaskRecord | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(task_table).where(where)).one_or_none()
-        return None if row is None else _to_record(row)
+        return None if row is None else to_record(row)
+
+    def _find_keyed(self, holder: ColumnElement[bool]) -> tuple[TaskRecord, str | None] | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(task_table).where(holder)).one_or_none()
+        return None if row is None else (to_record(row), row.request_fingerprint)
+
+    def _expiry_candidates(self, before: datetime, limit: int) -> list[int]:
+        query = (
+            select(task_table.c.id)
+            .where(_expirable(before))
+            .order_by(task_table.c.finished_at, task_table.c.id)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return list(conn.execute(query).scalars().all())
 
     def _claim_candidates(self, now: datetime) -> list[tuple[int, int]]:
         query = (
@@ -414,7 +496,7 @@ class TaskStore:
             # Another worker took the task between our look and our update.
             if taken.rowcount != 1:
                 return None
-            return _read_task(conn, task_table.c.id == key)
+            return read_task(conn, task_table.c.id == key)
 
     def _give_up(self, key: int, claims: int, now: datetime, payload: Payload | None) -> None:
         message = f"gave up after {claims} attempts: the task stopped its worker each time"
@@ -434,44 +516,17 @@ class TaskStore:
         with self._engine.begin() as conn:
             if conn.execute(update(task_table).where(target, guard).values(values)).rowcount != 1:
                 return None
-            record = _read_task(conn, target)
+            record = read_task(conn, target)
             if record.spec.webhook_url is not None and payload is not None:
-                conn.execute(insert(delivery_table).values(**_new_delivery(record, payload, now)))
+                conn.execute(
+                    insert(delivery_table).values(**delivery_row(record, payload(record), now))
+                )
             return record
 
     def _update_held(self, task_id: str, worker: str, values: dict[str, Any]) -> bool:
         statement = update(task_table).where(task_table.c.task_id == task_id, _held_by(worker))
         with self._engine.begin() as conn:
             return bool(conn.execute(statement.values(values)).rowcount == 1)
-
-
-def _make_engine(url: str, *, busy_timeout_s: float) -> Engine:
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
-    timeout_ms = round(busy_timeout_s * 1000)
-
-    def tune(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            # The busy timeout first: switching to WAL itself waits for other writers.
-            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    event.listen(engine, "connect", tune)
-    return engine
-
-
-def _create_tables(engine: Engine) -> None:
-    try:
-        metadata.create_all(engine)
-    except DatabaseError:
-        # Replicas start together: another process may have created a table between our
-        # check and our CREATE. A second pass sees it; a real problem fails again.
-        metadata.create_all(engine)
 
 
 def _moment(now: datetime | None) -> datetime:
@@ -496,120 +551,14 @@ def _final_values(now: datetime) -> dict[str, Any]:
     return {"finished_at": now, "updated_at": now, "lease_owner": None, "lease_until": None}
 
 
-def _new_task(task_id: str, spec: TaskSpec, now: datetime) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "conversion_id": str(uuid.uuid4()),
-        "owner": spec.owner,
-        "stems": json.dumps(list(spec.stems)),
-        "preprocessing": json.dumps(list(spec.preprocessing)),
-        "output_format": spec.output_format,
-        "audio_url": spec.audio_url,
-        "input_key": spec.input_key,
-        "webhook_url": spec.webhook_url,
-        "submitted_duration_s": spec.duration_s,
-        "eta_s": spec.eta_s,
-        "credit_estimate": spec.credit_estimate,
-        "status": Status.IN_QUEUE.value,
-        "status_msg": "",
-        "progress": 0.0,
-        "results": "{}",
-        "duration_s": spec.duration_s,
-        "created_at": now,
-        "updated_at": now,
-        "claims": 0,
-    }
+def _created_by_since(owner: str, since: datetime) -> ColumnElement[bool]:
+    return and_(task_table.c.owner == owner, task_table.c.created_at >= as_utc(since))
 
 
-def _read_task(conn: Connection, where: ColumnElement[bool]) -> TaskRecord:
-    return _to_record(conn.execute(select(task_table).where(where)).one())
-
-
-def _to_record(row: Row[Any]) -> TaskRecord:
-    spec = TaskSpec(
-        owner=row.owner,
-        stems=tuple(json.loads(row.stems)),
-        preprocessing=tuple(json.loads(row.preprocessing)),
-        output_format=row.output_format,
-        audio_url=row.audio_url,
-        input_key=row.input_key,
-        webhook_url=row.webhook_url,
-        duration_s=row.submitted_duration_s,
-        eta_s=row.eta_s,
-        credit_estimate=row.credit_estimate,
+def _expirable(before: datetime) -> ColumnElement[bool]:
+    """Final tasks that finished before `before` and whose files are still served."""
+    return and_(
+        task_table.c.files_expired_at.is_(None),
+        task_table.c.finished_at < before,
+        task_table.c.status.in_(_FINAL_VALUES),
     )
-    return TaskRecord(
-        task_id=row.task_id,
-        conversion_id=row.conversion_id,
-        spec=spec,
-        status=Status(row.status),
-        status_msg=row.status_msg,
-        progress=row.progress,
-        results=json.loads(row.results),
-        duration_s=row.duration_s,
-        conversion_cost=row.conversion_cost,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        claims=row.claims,
-        lease_owner=row.lease_owner,
-        lease_until=row.lease_until,
-    )
-
-
-def _new_delivery(record: TaskRecord, payload: Payload, now: datetime) -> dict[str, Any]:
-    return {
-        "delivery_id": "msg_" + uuid.uuid4().hex,
-        "task_id": record.task_id,
-        "url": record.spec.webhook_url,
-        "payload": payload(record),
-        "state": DeliveryState.PENDING.value,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
-
-
-def _attempt_row(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "number": attempt.number,
-        "at": as_utc(attempt.at),
-        "outcome": attempt.outcome,
-        "status_code": attempt.status_code,
-        "error": attempt.error,
-        "seconds": attempt.seconds,
-    }
-
-
-def _with_attempts(conn: Connection, rows: Sequence[Row[Any]]) -> list[Delivery]:
-    if not rows:
-        return []
-    by_delivery: dict[str, list[Attempt]] = {row.delivery_id: [] for row in rows}
-    query = (
-        select(attempt_table)
-        .where(attempt_table.c.delivery_id.in_(list(by_delivery)))
-        .order_by(attempt_table.c.number, attempt_table.c.id)
-    )
-    for row in conn.execute(query).all():
-        by_delivery[row.delivery_id].append(
-            Attempt(
-                number=row.number,
-                at=row.at,
-                outcome=row.outcome,
-                status_code=row.status_code,
-                error=row.error,
-                seconds=row.seconds,
-            )
-        )
-    return [
-        Delivery(
-            delivery_id=row.delivery_id,
-            task_id=row.task_id,
-            url=row.url,
-            payload=row.payload,
-            state=DeliveryState(row.state),
-            next_attempt_at=row.next_attempt_at,
-            attempts=tuple(by_delivery[row.delivery_id]),
-        )
-        for row in rows
-    ]

@@ -1,5 +1,7 @@
 """Tests of the task store on a real SQLite file: task life cycle, leases, racing claimers in
-threads and processes, giving up on tasks that kill their workers, and the webhook outbox."""
+threads and processes, giving up on tasks that kill their workers, the webhook outbox,
+idempotent creation (also racing), per-owner counts for rate limits, file expiry, and opening
+a database made before the newer columns."""
 
 from __future__ import annotations
 
@@ -18,7 +20,12 @@ from typing import Any
 import pytest
 
 from serve_app.records import Attempt, DeliveryState, Status, TaskRecord, TaskSpec
-from serve_app.tasks import DeliveryMissingError, TaskStore
+from serve_app.tasks import (
+    DeliveryMissingError,
+    IdempotencyConflictError,
+    IdempotencyKeyError,
+    TaskStore,
+)
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 HOOK = "https://example.test/hook"
@@ -478,14 +485,269 @@ def test_queue_ahead_counts_unfinished_older_tasks(store: TaskStore) -> None:
     assert store.queue_ahead("no-such-task") == 0
 
 
-def test_expired_tasks_are_final_tasks_finished_before(store: TaskStore) -> None:
+def test_expire_files_marks_final_tasks_finished_before_and_returns_them(
+    store: TaskStore,
+) -> None:
     old = store.create(spec()).task_id
     recent = store.create(spec()).task_id
     store.fail(old, "bad audio", now=at(0))
     store.fail(recent, "bad audio", now=at(100))
-    store.create(spec())  # waiting
-    claimed(store, "w1", now=at(0))  # processing since long ago, yet not final
-    assert [record.task_id for record in store.expired_tasks(at(50))] == [old]
-    assert [record.task_id for record in store.expired_tasks(at(101))] == [old, recent]
-    assert [record.task_id for record in store.expired_tasks(at(101), limit=1)] == [old]
+    waiting = store.create(spec()).task_id
+    processing = claimed(store, "w1", now=at(0)).task_id  # since long ago, yet not final
+
+    [expired] = store.expire_files(at(50), now=at(200))
+    assert expired.task_id == old
+    assert expired.files_expired_at == at(200)
+    assert expired.files_deleted_at is None
+    assert store.get(old) == expired
+    assert store.expire_files(at(50), now=at(300)) == []  # already expired: not again
+
+    assert [r.task_id for r in store.expire_files(at(10_000), now=at(400))] == [recent]
+    for task_id in (waiting, processing):
+        untouched = store.get(task_id)
+        assert untouched is not None and untouched.files_expired_at is None
     assert store.counts()[Status.PROCESSING] == 1
+
+
+def test_expire_files_takes_the_oldest_first_up_to_limit(store: TaskStore) -> None:
+    ids = [store.create(spec()).task_id for _ in range(3)]
+    for seconds, task_id in zip([30, 10, 20], ids, strict=True):
+        store.fail(task_id, "bad audio", now=at(seconds))
+    first = store.expire_files(at(100), limit=2, now=at(100))
+    assert [record.task_id for record in first] == [ids[1], ids[2]]
+    assert [record.task_id for record in store.expire_files(at(100), now=at(100))] == [ids[0]]
+
+
+def test_files_awaiting_deletion_until_marked_deleted(store: TaskStore) -> None:
+    ids = [store.create(spec()).task_id for _ in range(2)]
+    for task_id in ids:
+        store.fail(task_id, "bad audio", now=at(0))
+    assert store.files_awaiting_deletion() == []
+    assert store.mark_files_deleted(ids) == 0  # files not expired yet: nothing to record
+
+    store.expire_files(at(10), now=at(10))
+    assert [record.task_id for record in store.files_awaiting_deletion()] == ids
+    assert [record.task_id for record in store.files_awaiting_deletion(limit=1)] == ids[:1]
+
+    assert store.mark_files_deleted(ids[:1], now=at(20)) == 1
+    assert store.mark_files_deleted(ids[:1], now=at(30)) == 0  # the first time is kept
+    [left] = store.files_awaiting_deletion()
+    assert left.task_id == ids[1]
+    done = store.get(ids[0])
+    assert done is not None
+    assert (done.files_expired_at, done.files_deleted_at) == (at(10), at(20))
+
+
+def test_input_keys_in_use_names_the_keys_tasks_hold(store: TaskStore) -> None:
+    store.create(spec())  # holds inputs/x/audio.mp3
+    store.create(TaskSpec(owner="local", stems=("vocals",), audio_url="https://example.test/a"))
+    asked = ["inputs/x/audio.mp3", "inputs/y/audio.mp3", "inputs/x/"]
+    assert store.input_keys_in_use(asked) == {"inputs/x/audio.mp3"}
+    assert store.input_keys_in_use([]) == set()
+
+
+def test_created_since_and_oldest_since_count_one_owners_window(store: TaskStore) -> None:
+    for seconds in (0, 10, 20):
+        store.create(spec(owner="a"), now=at(seconds))
+    store.create(spec(owner="b"), now=at(15))
+
+    assert store.created_since("a", at(10)) == 2  # at or after: the task at 10 counts
+    assert store.oldest_since("a", at(10)) == at(10)
+    assert store.created_since("a", at(0)) == 3
+    assert store.created_since("b", at(0)) == 1
+    assert store.oldest_since("b", at(0)) == at(15)
+    assert store.created_since("a", at(21)) == 0
+    assert store.oldest_since("a", at(21)) is None
+    assert store.created_since("nobody", at(0)) == 0
+
+    paris = timezone(timedelta(hours=2))
+    assert store.created_since("a", datetime(2025, 1, 1, 14, 0, 5, tzinfo=paris)) == 2
+    with pytest.raises(ValueError, match="no time zone"):
+        store.created_since("a", datetime(2025, 1, 1, 12, 0))
+
+
+def test_rate_limit_idempotency_and_retention_queries_have_indexes(
+    store: TaskStore, tmp_path: Path
+) -> None:
+    with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
+        unique = {
+            name: bool(flag) for _, name, flag, *_ in conn.execute("PRAGMA index_list(tasks)")
+        }
+        columns = {
+            name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")] for name in unique
+        }
+    assert columns["ix_tasks_owner_created"] == ["owner", "created_at"]
+    assert columns["ux_tasks_idempotency_key"] == ["owner", "idempotency_key"]
+    assert unique["ux_tasks_idempotency_key"]
+    assert columns["ix_tasks_files_expiry"] == ["files_expired_at", "finished_at"]
+    assert columns["ix_tasks_files_deletion"] == ["files_deleted_at", "files_expired_at"]
+    assert columns["ix_tasks_input_key"] == ["input_key"]
+
+
+def test_create_once_returns_the_keys_task_for_the_same_request(store: TaskStore) -> None:
+    first, created = store.create_once(spec(), "key-1", "fp-1")
+    assert created
+    again, created_again = store.create_once(spec(), "key-1", "fp-1")
+    assert not created_again
+    assert again == first
+    assert store.create(spec(), idempotency_key="key-1", fingerprint="fp-1") == first
+    assert store.counts()[Status.IN_QUEUE] == 1
+
+
+def test_create_once_refuses_the_key_for_a_different_request(store: TaskStore) -> None:
+    first, _ = store.create_once(spec(), "key-1", "fp-1")
+    with pytest.raises(
+        IdempotencyConflictError, match="Idempotency-Key was used with a different request"
+    ) as conflict:
+        store.create_once(spec(), "key-1", "fp-2")
+    assert conflict.value.task_id == first.task_id
+    with pytest.raises(IdempotencyConflictError):
+        store.create_once(spec(), "key-1", None)
+    assert store.counts()[Status.IN_QUEUE] == 1
+    assert store.get(first.task_id) == first
+
+
+def test_keys_are_scoped_per_owner(store: TaskStore) -> None:
+    mine, _ = store.create_once(spec(owner="a"), "shared-key", "fp-a")
+    theirs, created = store.create_once(spec(owner="b"), "shared-key", "fp-b")
+    assert created
+    assert theirs.task_id != mine.task_id
+    assert theirs.spec.owner == "b"
+    assert store.create_once(spec(owner="a"), "shared-key", "fp-a") == (mine, False)
+
+
+def test_tasks_without_a_key_never_collide(store: TaskStore) -> None:
+    first = store.create(spec())
+    second = store.create(spec())
+    assert first.task_id != second.task_id
+    keyed, _ = store.create_once(spec(), "key-1", "fp")
+    assert keyed.task_id not in {first.task_id, second.task_id}
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_keys_must_be_1_to_255_characters(store: TaskStore, key: str) -> None:
+    with pytest.raises(IdempotencyKeyError, match="1 to 255 characters") as refused:
+        store.create_once(spec(), key, "fp")
+    assert isinstance(refused.value, ValueError)
+    assert store.counts()[Status.IN_QUEUE] == 0
+
+
+def test_a_255_character_key_is_stored(store: TaskStore) -> None:
+    key = "k" * 255
+    first, _ = store.create_once(spec(), key, "fp")
+    assert store.create_once(spec(), key, "fp") == (first, False)
+
+
+def test_a_key_past_its_ttl_moves_to_a_new_task(url: str) -> None:
+    store = TaskStore(url, key_ttl_s=60)
+    try:
+        old, _ = store.create_once(spec(), "key-1", "fp-old", now=at(0))
+        assert store.create_once(spec(), "key-1", "fp-old", now=at(59)) == (old, False)
+        with pytest.raises(IdempotencyConflictError):
+            store.create_once(spec(), "key-1", "fp-new", now=at(59))
+
+        new, created = store.create_once(spec(), "key-1", "fp-new", now=at(61))
+        assert created
+        assert new.task_id != old.task_id
+        assert store.get(old.task_id) == old  # the old task stays, without the key
+        assert store.create_once(spec(), "key-1", "fp-new", now=at(62)) == (new, False)
+        with pytest.raises(IdempotencyConflictError):
+            store.create_once(spec(), "key-1", "fp-old", now=at(62))
+    finally:
+        store.close()
+
+
+def test_key_ttl_must_be_positive(url: str) -> None:
+    with pytest.raises(ValueError, match="key_ttl_s"):
+        TaskStore(url, key_ttl_s=0)
+
+
+def create_with_key(url: str, owner: str, start: Any) -> tuple[str, bool]:
+    """Create a task with one shared key once every racer is ready."""
+    store = TaskStore(url)
+    try:
+        start.wait()
+        record, created = store.create_once(spec(owner=owner), "racing-key", "fp")
+        return record.task_id, created
+    finally:
+        store.close()
+
+
+def create_with_key_in_process(url: str, owner: str, start: Any, results: Any) -> None:
+    results.put(create_with_key(url, owner, start))
+
+
+def assert_one_task_created(store: TaskStore, outcomes: list[tuple[str, bool]]) -> None:
+    assert len({task_id for task_id, _ in outcomes}) == 1
+    assert sum(created for _, created in outcomes) == 1
+    assert store.counts()[Status.IN_QUEUE] == 1
+
+
+def test_eight_threads_with_one_key_create_one_task(store: TaskStore) -> None:
+    start = threading.Barrier(8)
+    outcomes: list[tuple[str, bool]] = []
+
+    def run() -> None:
+        start.wait()
+        record, created = store.create_once(spec(), "racing-key", "fp")
+        outcomes.append((record.task_id, created))
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 8
+    assert_one_task_created(store, outcomes)
+
+
+def test_two_processes_with_one_key_create_one_task(store: TaskStore, url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    results = context.Queue()
+    racers = [
+        context.Process(target=create_with_key_in_process, args=(url, "local", start, results))
+        for _ in range(2)
+    ]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=60) for _ in racers]
+    for racer in racers:
+        racer.join(timeout=60)
+        assert racer.exitcode == 0
+    assert_one_task_created(store, outcomes)
+
+
+NEWER_COLUMNS = ("idempotency_key", "request_fingerprint", "files_expired_at", "files_deleted_at")
+
+
+def test_a_database_made_before_the_newer_columns_is_upgraded(url: str, tmp_path: Path) -> None:
+    old_store = TaskStore(url)
+    task_id = old_store.create(spec()).task_id
+    old_store.close()
+    with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
+        newer_indexes = [
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+            if name.startswith(("ux_tasks_idempotency", "ix_tasks_files", "ix_tasks_owner"))
+        ]
+        for name in newer_indexes:
+            conn.execute(f"DROP INDEX {name}")
+        for column in NEWER_COLUMNS:
+            conn.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
+        conn.commit()
+
+    store = TaskStore(url)
+    try:
+        kept = store.get(task_id)
+        assert kept is not None and kept.files_expired_at is None
+        first, _ = store.create_once(spec(), "key-1", "fp")
+        assert store.create_once(spec(), "key-1", "fp") == (first, False)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert set(NEWER_COLUMNS) <= columns
+    assert set(newer_indexes) <= indexes
+    assert "ux_tasks_idempotency_key" in newer_indexes

@@ -1,0 +1,135 @@
+"""Retention: deletes the files of tasks that finished long ago (the uploaded input and the
+stems) and uploads that no task came to use, so that the blob store does not grow forever.
+
+Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
+deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
+ever served while its files go: the ingress must treat `files_expired_at` as "files gone" and
+list or serve none. Deleting first would let a reader find an unmarked task whose files are
+missing. Marking alone is not enough, though: a sweep that stopped between marking and deleting
+(a crash, a failing disk) would leave files the next `expire_files` never returns again. So the
+deletion is recorded apart from the mark, and each sweep first finishes the tasks left marked
+but not deleted (`files_awaiting_deletion`). Hence, after any sweep that returns, every
+expired task has no files, and no task lost its files while still served. Deleting is
+idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download that looked
+the task up just before the mark may still be cut short; the window is that request's.
+
+Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
+"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from serve_app.blobs import BlobStore, LocalBlobStore
+from serve_app.records import TaskRecord
+from serve_app.schema import as_utc
+from serve_app.tasks import TaskStore
+
+INPUTS = "inputs"
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """One upload's folder under inputs/ and the blob keys in it."""
+
+    prefix: str
+    keys: tuple[str, ...]
+
+
+def sweep(
+    store: TaskStore,
+    blobs: BlobStore,
+    *,
+    older_than_s: float,
+    now: datetime | None = None,
+    batch: int = 1000,
+) -> int:
+    """Delete the input and stems of every task final for more than `older_than_s` seconds,
+    `batch` tasks at a time; how many tasks lost their files in this sweep."""
+    _check_batch(batch)
+    moment = _moment(now)
+    cutoff = moment - _age(older_than_s)
+    swept = 0
+    # Tasks marked by a sweep that stopped part way come first, so that none stays behind.
+    while left := store.files_awaiting_deletion(limit=batch):
+        swept += _delete_files(store, blobs, left, moment)
+    while expired := store.expire_files(cutoff, limit=batch, now=moment):
+        swept += _delete_files(store, blobs, expired, moment)
+    return swept
+
+
+def sweep_orphan_inputs(
+    store: TaskStore,
+    blobs: LocalBlobStore,
+    *,
+    older_than_s: float,
+    now: datetime | None = None,
+    batch: int = 1000,
+) -> int:
+    """Delete uploads under inputs/ that no task names and whose files are all older than
+    `older_than_s` seconds: an upload whose task creation failed, or a repeated idempotent
+    request's upload. How many uploads were deleted.
+
+    A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
+    time between storing an upload and creating its task, which is seconds.
+    """
+    _check_batch(batch)
+    cutoff = (_moment(now) - _age(older_than_s)).timestamp()
+    uploads = _old_uploads(blobs, cutoff)
+    swept = 0
+    for start in range(0, len(uploads), batch):
+        chunk = uploads[start : start + batch]
+        in_use = store.input_keys_in_use([key for upload in chunk for key in upload.keys])
+        for upload in chunk:
+            if in_use.isdisjoint(upload.keys):
+                blobs.delete_prefix(upload.prefix)
+                swept += 1
+    return swept
+
+
+def _delete_files(
+    store: TaskStore, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
+) -> int:
+    for record in records:
+        if record.spec.input_key is not None:
+            blobs.delete_prefix(record.spec.input_key)
+        blobs.delete_prefix(f"stems/{record.task_id}/")
+    return store.mark_files_deleted([record.task_id for record in records], now=now)
+
+
+def _old_uploads(blobs: LocalBlobStore, cutoff: float) -> list[_Upload]:
+    """Upload folders whose blobs were all last written before `cutoff` (a POSIX time)."""
+    inputs = blobs.root / INPUTS
+    if not inputs.is_dir():
+        return []
+    uploads = []
+    for folder in sorted(inputs.iterdir()):
+        # Dot names are the store's own (writers' temporary files), never blobs.
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        files = [
+            entry
+            for entry in folder.iterdir()
+            if entry.is_file() and not entry.name.startswith(".")
+        ]
+        if files and all(entry.stat().st_mtime < cutoff for entry in files):
+            keys = tuple(f"{INPUTS}/{folder.name}/{entry.name}" for entry in files)
+            uploads.append(_Upload(prefix=f"{INPUTS}/{folder.name}/", keys=keys))
+    return uploads
+
+
+def _moment(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else as_utc(now)
+
+
+def _age(older_than_s: float) -> timedelta:
+    if not older_than_s > 0:
+        raise ValueError(f"older_than_s must be a positive number of seconds, got {older_than_s}")
+    return timedelta(seconds=older_than_s)
+
+
+def _check_batch(batch: int) -> None:
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
