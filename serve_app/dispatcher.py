@@ -17,6 +17,7 @@ from typing import TypeVar
 import aiohttp
 
 from serve_app import webhooks
+from serve_app.netguard import DEFAULT_POLICY, OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState, Outbox
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class WebhookDispatcher:
         concurrency: int = 8,
         seed: int | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
+        outbound: OutboundPolicy = DEFAULT_POLICY,
     ) -> None:
         webhooks.secret_key(secret)  # refuse a bad secret now, not on the first delivery
         if poll_s <= 0:
@@ -55,6 +57,7 @@ class WebhookDispatcher:
         self._concurrency = concurrency
         self._rng = random.Random(seed)
         self._on_attempt = on_attempt
+        self._outbound = outbound
         self._outbox: Outbox | None = None
         # One outbox call at a time, so a store need not be safe for concurrent use.
         self._outbox_lock = asyncio.Lock()
@@ -199,13 +202,7 @@ class WebhookDispatcher:
     def _http(self) -> aiohttp.ClientSession:
         # Created here, inside the running loop, because a session belongs to its loop.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                # No pool limit: the dispatcher's slots bound the connections, and a send that
-                # queued for a pooled connection would spend its timeout waiting.
-                connector=aiohttp.TCPConnector(limit=0),
-                # Receivers must not be able to set cookies that other receivers then get.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+            self._session = webhooks.webhook_session(self._outbound)
         return self._session
 
     async def _call(self, use: Callable[[Outbox], T]) -> T:

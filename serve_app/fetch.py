@@ -3,8 +3,9 @@
 `fetch_audio` streams an http(s) response to a file, counting bytes as they arrive, so a
 huge or endless body is refused without filling memory or disk, and one deadline covers
 the whole download however slowly the server sends. Redirects are followed by hand so
-that every hop's URL passes `check_target`, the one place that decides where the
-service may connect. Failures raise FetchError with a message the caller can act on.
+that every hop's URL passes `check_target`, and the session is a guarded one
+(serve_app.netguard), so no hop reaches an address the `OutboundPolicy` refuses. Failures
+raise FetchError with a message the caller can act on.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 
-MAX_URL_LENGTH = 2048
+from serve_app.netguard import (
+    DEFAULT_POLICY,
+    OutboundError,
+    OutboundPolicy,
+    check_url,
+    guarded_session,
+    refusal,
+)
 
-_SCHEMES = frozenset({"http", "https"})
+# Re-exported: the form reader checks a URL's syntax with it before any task exists.
+from serve_app.netguard import url_problem as url_problem
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 256 * 1024
 
@@ -46,35 +56,16 @@ def describe_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def url_problem(url: str) -> str | None:
-    """Say what is wrong with `url` as an http(s) target (e.g. "must name a host"), or None."""
-    if len(url) > MAX_URL_LENGTH:
-        return f"is longer than {MAX_URL_LENGTH} characters"
-    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
-        return "contains spaces or control characters"
+def check_target(
+    url: str, policy: OutboundPolicy = DEFAULT_POLICY, *, what: str = "audio_url"
+) -> None:
+    """Refuse a URL the service must not fetch (its syntax, port, or a literal IP host the
+    policy refuses); called for the first URL and every redirect. A host name's addresses
+    are checked when the guarded session resolves it."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "is not a valid URL"
-    if not parts.scheme:
-        return "must start with http:// or https://"
-    if parts.scheme.lower() not in _SCHEMES:
-        return f"must use http or https, not {parts.scheme[:20]!r}"
-    if "@" in parts.netloc:
-        return "must not contain a user name or password"
-    if not parts.hostname:
-        return "must name a host"
-    if port == 0:
-        return "must not use port 0"
-    return None
-
-
-def check_target(url: str, *, what: str = "audio_url") -> None:
-    """Refuse a URL the service must not fetch; called for the first URL and every redirect."""
-    problem = url_problem(url)
-    if problem is not None:
-        raise FetchError(f"{what} {problem}")
+        check_url(url, policy, what=what)
+    except OutboundError as exc:
+        raise FetchError(str(exc)) from None
 
 
 async def fetch_audio(
@@ -83,17 +74,21 @@ async def fetch_audio(
     limits: FetchLimits = FetchLimits(),
     *,
     session: aiohttp.ClientSession | None = None,
+    policy: OutboundPolicy = DEFAULT_POLICY,
 ) -> int:
     """Download `url` into `dest` and return the bytes written; on any failure remove `dest`.
 
-    A given `session` is used and left open; without one a session lives for this call.
+    `policy` says where the download and its redirects may connect; the default refuses
+    private and local addresses. A given `session` is used and left open; it must come from
+    `netguard.guarded_session` with the same policy, since only a guarded session checks the
+    addresses a host name resolves to. Without one a guarded session lives for this call.
     """
     try:
         async with asyncio.timeout(limits.timeout_s):
             if session is not None:
-                return await _follow(session, url, dest, limits)
-            async with aiohttp.ClientSession() as own:
-                return await _follow(own, url, dest, limits)
+                return await _follow(session, url, dest, limits, policy)
+            async with guarded_session(policy) as own:
+                return await _follow(own, url, dest, limits, policy)
     except BaseException as exc:
         dest.unlink(missing_ok=True)
         # aiohttp's own timeouts are turned into FetchError inside, so a bare TimeoutError
@@ -103,9 +98,16 @@ async def fetch_audio(
         raise
 
 
-async def _follow(session: aiohttp.ClientSession, url: str, dest: Path, limits: FetchLimits) -> int:
+async def _follow(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    limits: FetchLimits,
+    policy: OutboundPolicy,
+) -> int:
     """GET `url`, following redirects by hand up to the limit, and save the final body."""
-    check_target(url)
+    what = "audio_url"
+    check_target(url, policy, what=what)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s)
     for _ in range(limits.max_redirects + 1):
         try:
@@ -115,8 +117,9 @@ async def _follow(session: aiohttp.ClientSession, url: str, dest: Path, limits: 
                     return await _save(response, dest, limits.max_bytes)
                 url = _redirect_target(response)
         except aiohttp.ClientError as exc:
-            raise _client_failure(exc, limits) from exc
-        check_target(url, what="a redirect from audio_url")
+            raise _client_failure(exc, limits, what) from exc
+        what = "a redirect from audio_url"
+        check_target(url, policy, what=what)
     raise FetchError(f"audio_url redirected more than {limits.max_redirects} times")
 
 
@@ -152,8 +155,12 @@ async def _save(response: aiohttp.ClientResponse, dest: Path, max_bytes: int) ->
     return written
 
 
-def _client_failure(exc: aiohttp.ClientError, limits: FetchLimits) -> FetchError:
-    """Translate an aiohttp error into a message about audio_url, without internals."""
+def _client_failure(exc: aiohttp.ClientError, limits: FetchLimits, what: str) -> FetchError:
+    """Translate an aiohttp error into a message about audio_url, without internals; `what`
+    names the URL that was being fetched ("a redirect from audio_url")."""
+    refused = refusal(exc)
+    if refused is not None:
+        return FetchError(f"{what} {refused.reason}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return FetchError(
             f"could not connect to audio_url host within {limits.connect_timeout_s:g} s"

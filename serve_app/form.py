@@ -30,7 +30,8 @@ from models.errors import PreprocessError, StemError
 from models.planner import make_plan
 from models.preprocess import STEPS, parse_steps
 from models.routing import Routing
-from serve_app.fetch import describe_size, url_problem
+from serve_app.fetch import describe_size
+from serve_app.netguard import DEFAULT_POLICY, OutboundError, OutboundPolicy, check_url
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -97,8 +98,11 @@ async def read_extraction_form(
     routing: Routing,
     spool_dir: Path,
     limits: UploadLimits = UploadLimits(),
+    policy: OutboundPolicy = DEFAULT_POLICY,
 ) -> ExtractionForm:
     """Parse and check an Extraction request, spooling its audio_file into `spool_dir`.
+    URLs are checked against the outbound `policy` as far as that needs no DNS lookup
+    (literal private addresses are refused here; names when they are resolved).
 
     python-multipart is driven directly rather than through starlette's MultiPartParser:
     starlette spools files to a SpooledTemporaryFile of its own choosing (in memory up to
@@ -111,12 +115,12 @@ async def read_extraction_form(
     reader = _PartReader(limits)
     if content_type == URLENCODED:
         await _read_urlencoded(request, reader, limits)
-        return _check_form(reader, spool_dir / "unused", routing)
+        return _check_form(reader, spool_dir / "unused", routing, policy)
     boundary = _boundary(request.headers)
     upload = spool_dir / f"upload-{uuid.uuid4().hex}"
     try:
         await _read_body(request, boundary, reader, upload, limits.max_body_bytes)
-        return _check_form(reader, upload, routing)
+        return _check_form(reader, upload, routing, policy)
     except BaseException:
         upload.unlink(missing_ok=True)
         raise
@@ -363,11 +367,13 @@ def _parse(parser: MultipartParser, chunk: bytes) -> None:
         raise FormError("the body is not valid multipart/form-data", status=400) from exc
 
 
-def _check_form(reader: _PartReader, upload: Path, routing: Routing) -> ExtractionForm:
+def _check_form(
+    reader: _PartReader, upload: Path, routing: Routing, policy: OutboundPolicy
+) -> ExtractionForm:
     """Check every field of a fully read form and build the ExtractionForm."""
     fields = reader.fields
-    audio_url = _url(fields, "audio_url")
-    webhook_url = _url(fields, "webhook_url")
+    audio_url = _url(fields, "audio_url", policy)
+    webhook_url = _url(fields, "webhook_url", policy)
     # An empty part with no filename is what a form with no file chosen sends.
     has_file = reader.file_bytes > 0 or reader.filename is not None
     if has_file and reader.file_bytes == 0:
@@ -387,14 +393,16 @@ def _check_form(reader: _PartReader, upload: Path, routing: Routing) -> Extracti
     )
 
 
-def _url(fields: dict[str, str], name: str) -> str | None:
-    """Return the field's URL, None when absent or empty, refusing anything but http(s)."""
+def _url(fields: dict[str, str], name: str, policy: OutboundPolicy) -> str | None:
+    """Return the field's URL, None when absent or empty, refusing anything but http(s)
+    and literal addresses the policy refuses."""
     value = fields.get(name, "").strip()
     if not value:
         return None
-    problem = url_problem(value)
-    if problem is not None:
-        raise FormError(f"{name} {problem}", field=name)
+    try:
+        check_url(value, policy, what=name)
+    except OutboundError as exc:
+        raise FormError(str(exc), field=name) from None
     return value
 
 

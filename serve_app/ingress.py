@@ -170,7 +170,9 @@ class Ingress:
                 headers={"Retry-After": str(retry_after)},
             )
         spool = self.blobs.spool_dir()
-        form = await read_extraction_form(request, self.routing, spool, self.args.uploads.limits())
+        form = await read_extraction_form(
+            request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
+        )
         try:
             fingerprint = await asyncio.to_thread(request_fingerprint, form)
             spec = await asyncio.to_thread(self._spec, owner, form)

@@ -119,6 +119,7 @@ def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
         poll_s=args.webhooks.poll_s,
         concurrency=args.webhooks.concurrency,
         on_attempt=count_attempt,
+        outbound=args.outbound.policy(),
     )
 
 
@@ -161,6 +162,7 @@ class Pipeline:
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
+        self.outbound = args.outbound.policy()
         context = serve.get_replica_context()
         self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
         self.dispatcher = webhook_dispatcher(args, context.app_name)
@@ -281,7 +283,9 @@ class Pipeline:
         else:
             assert spec.audio_url is not None
             source = folder / "input"
-            await fetch_audio(spec.audio_url, source, self.args.fetch.limits())
+            await fetch_audio(
+                spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
+            )
         track = await asyncio.to_thread(decode, source, self.args.decode.limits())
         check_format(spec.output_format, track)
         if spec.preprocessing:

@@ -19,6 +19,7 @@ from models.audio import DecodeLimits
 from models.routing import DEFAULT_ROUTING_PATH
 from serve_app.fetch import FetchLimits
 from serve_app.form import UploadLimits
+from serve_app.netguard import OutboundPolicy
 from serve_app.webhooks import RetrySchedule
 
 
@@ -145,6 +146,14 @@ class OutboundSettings(Section):
     allow_private: bool = False  # true: no address is refused (a trusted network only)
     allowed_networks: tuple[str, ...] = ()  # CIDRs reachable even though not public
     allowed_ports: tuple[int, ...] = ()  # empty: any port
+
+    def policy(self) -> OutboundPolicy:
+        """As netguard takes it."""
+        return OutboundPolicy(
+            allow_private=self.allow_private,
+            allowed_networks=self.allowed_networks,
+            allowed_ports=self.allowed_ports,
+        )
 
 
 class LimitSettings(Section):

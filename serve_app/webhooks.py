@@ -2,7 +2,8 @@
 to deliver a webhook. The secret is "whsec_" followed by the base64 of the key bytes; each
 request carries `webhook-id` (the same on every retry), `webhook-timestamp` (unix seconds) and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`. The dispatcher decides
-when to call `attempt`; this module only knows how one attempt goes and what it means."""
+when to call `attempt`; this module only knows how one attempt goes and what it means, and
+builds the guarded session (`webhook_session`) that keeps attempts off private addresses."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from serve_app.netguard import OutboundPolicy, guarded_session, refusal
 from serve_app.records import Attempt, Delivery
 
 SECRET_PREFIX = "whsec_"
@@ -153,6 +155,20 @@ class RetrySchedule:
 DEFAULT_SCHEDULE = RetrySchedule()
 
 
+def webhook_session(policy: OutboundPolicy) -> aiohttp.ClientSession:
+    """The session to pass to `attempt`: it connects only where `policy` allows, so a
+    webhook_url naming a private or local address ends in a failed attempt, not a request.
+    Create it inside the running event loop."""
+    return guarded_session(
+        policy,
+        # No pool limit: the dispatcher's slots bound the connections, and a send that
+        # queued for a pooled connection would spend its timeout waiting.
+        limit=0,
+        # Receivers must not be able to set cookies that other receivers then get.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
 async def attempt(
     session: aiohttp.ClientSession,
     delivery: Delivery,
@@ -162,8 +178,9 @@ async def attempt(
     number: int,
     now: Callable[[], datetime],
 ) -> tuple[Attempt, bool, float | None]:
-    """POST a delivery once, freshly signed. Returns the attempt, whether to retry it, and the
-    receiver's Retry-After in seconds if it sent one."""
+    """POST a delivery once, freshly signed, through `session` (from `webhook_session`). Returns
+    the attempt, whether to retry it, and the receiver's Retry-After in seconds if it sent one.
+    An address the session's policy refuses fails the attempt for good."""
     at = now()
     started = time.monotonic()
     body = delivery.payload.encode()
@@ -188,7 +205,7 @@ async def attempt(
         # The URL itself can hold credentials, so the text leaves it out.
         outcome, error = "failed", "invalid webhook URL"
     except aiohttp.ClientConnectorError as exc:
-        outcome, error = "retry", _connection_error(exc)
+        outcome, error = _connection_failure(exc)
     except aiohttp.ClientError as exc:
         outcome, error = "retry", f"{type(exc).__name__}: {exc}"
     if outcome == "retry" and number >= schedule.max_attempts:
@@ -242,6 +259,14 @@ def _judge(status: int) -> tuple[str, str]:
     if 300 <= status < 400:
         return "failed", f"redirect not followed (HTTP {status})"
     return "failed", f"HTTP {status}"
+
+
+def _connection_failure(exc: aiohttp.ClientConnectorError) -> tuple[str, str]:
+    refused = refusal(exc)
+    if refused is not None:
+        # The policy refused the address, not the network: retrying cannot help.
+        return "failed", f"webhook_url {refused.reason}"
+    return "retry", _connection_error(exc)
 
 
 def _connection_error(exc: aiohttp.ClientConnectorError) -> str:

@@ -26,6 +26,7 @@ from serve_app.settings import (
     ApiKey,
     AppArgs,
     AuthSettings,
+    OutboundSettings,
     PipelineSettings,
     UploadSettings,
     WebhookSettings,
@@ -78,6 +79,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
             ),
         ),
         uploads=UploadSettings(max_body_bytes=UPLOAD_CAP),
+        # The audio_url server and webhook receiver of these tests live on loopback.
+        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8", "::1/128")),
         webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2, 0.2), jitter=0.0, poll_s=0.5),
         pipeline=PipelineSettings(
             lease_s=3.0, poll_s=0.5, tasks_per_replica=3, segments_in_flight=2

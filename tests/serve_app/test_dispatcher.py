@@ -16,10 +16,12 @@ import pytest
 from aiohttp import web
 
 from serve_app.dispatcher import WebhookDispatcher
+from serve_app.netguard import OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState
 from serve_app.webhooks import RetrySchedule, new_secret, verify
 
 SECRET = new_secret()
+LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8",))  # the receivers live here
 SHORT = RetrySchedule(delays_s=(0.05, 0.05), jitter=0.0, timeout_s=2.0)
 WAIT_S = 5.0  # generous upper bound for anything here; the tests take milliseconds
 
@@ -171,6 +173,7 @@ def dispatcher(
         concurrency=concurrency,
         seed=0,
         on_attempt=on_attempt,
+        outbound=LOOPBACK,
     )
 
 

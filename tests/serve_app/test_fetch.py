@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from serve_app.fetch import FetchError, FetchLimits, check_target, describe_size, fetch_audio
+from serve_app.netguard import OutboundPolicy, guarded_session
 
 BODY = os.urandom(300_000)
 DEFAULTS = FetchLimits()
+# The servers here are on loopback, which the default policy refuses (test_netguard.py).
+LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8", "::1/128"))
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -109,7 +111,7 @@ async def serving() -> AsyncIterator[tuple[str, AudioServer]]:
 async def fetch_from(path: str, dest: Path, limits: FetchLimits) -> tuple[int, AudioServer]:
     """Serve, fetch `path` into `dest`, and return the byte count and the server."""
     async with serving() as (base, server):
-        return await fetch_audio(base + path, dest, limits), server
+        return await fetch_audio(base + path, dest, limits, policy=LOOPBACK), server
 
 
 def refused(path: str, dest: Path, limits: FetchLimits = DEFAULTS) -> str:
@@ -129,8 +131,10 @@ def test_body_is_saved_exactly(tmp_path: Path) -> None:
 
 def test_given_session_is_used_and_left_open(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, bool]:
-        async with serving() as (base, _), aiohttp.ClientSession() as session:
-            written = await fetch_audio(base + "/song", tmp_path / "a.wav", session=session)
+        async with serving() as (base, _), guarded_session(LOOPBACK) as session:
+            written = await fetch_audio(
+                base + "/song", tmp_path / "a.wav", session=session, policy=LOOPBACK
+            )
             return written, session.closed
 
     assert asyncio.run(scenario()) == (len(BODY), False)
@@ -172,7 +176,12 @@ def test_redirects_past_the_cap_are_refused(tmp_path: Path) -> None:
     async def scenario() -> tuple[str, list[str]]:
         async with serving() as (base, server):
             with pytest.raises(FetchError) as caught:
-                await fetch_audio(base + "/hop/4", tmp_path / "a.wav", FetchLimits(max_redirects=3))
+                await fetch_audio(
+                    base + "/hop/4",
+                    tmp_path / "a.wav",
+                    FetchLimits(max_redirects=3),
+                    policy=LOOPBACK,
+                )
             return str(caught.value), server.requested
 
     message, requested = asyncio.run(scenario())
@@ -192,7 +201,7 @@ def test_refused_connection_is_reported(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     dest = tmp_path / "a.wav"
     with pytest.raises(FetchError, match=r"^could not connect to audio_url host$"):
-        asyncio.run(fetch_audio(f"http://127.0.0.1:{port}/song", dest))
+        asyncio.run(fetch_audio(f"http://127.0.0.1:{port}/song", dest, policy=LOOPBACK))
     assert not dest.exists()
 
 
@@ -214,7 +223,18 @@ def test_check_target_refuses_bad_urls(url: str, problem: str) -> None:
 
 def test_check_target_accepts_http_and_https() -> None:
     check_target("https://example.com/a.mp3")
-    check_target("HTTP://127.0.0.1:8080/a.mp3?x=1")
+    check_target("HTTP://127.0.0.1:8080/a.mp3?x=1", LOOPBACK)
+
+
+def test_check_target_refuses_what_the_policy_refuses() -> None:
+    with pytest.raises(FetchError) as caught:
+        check_target("http://169.254.169.254/latest/meta-data/")
+    assert str(caught.value) == (
+        "audio_url points to a private or local address, which this service does not connect to"
+    )
+    with pytest.raises(FetchError) as caught:
+        check_target("https://example.com:22/", OutboundPolicy(allowed_ports=(443,)), what="X")
+    assert str(caught.value) == "X uses port 22, which this service does not connect to"
 
 
 @pytest.mark.parametrize(

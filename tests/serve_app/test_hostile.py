@@ -49,9 +49,10 @@ from tests.serve_app.conftest import KEY_A, KEY_B, SECRET, Service, free_port, w
 
 STRICT = "strict"
 KEY_C = "key-c-rate-limited-0000"
+KEY_D = "key-d-outbound-tests-00"  # rows 7 to 9, so their tasks do not count against KEY_A
 CAP = 1024**2
 MAX_DURATION_S = 60.0
-RATE_LIMIT = 5  # per key and minute; KEY_C is for the rate-limit test alone
+RATE_LIMIT = 8  # per key and minute; KEY_C is for the rate-limit test alone
 ALLOWED_HOST = "127.0.0.2"  # loopback too, but allow-listed: the "public" host here
 
 
@@ -160,6 +161,7 @@ def strict(
                 ApiKey(name="alice", sha256=hash_key(KEY_A)),
                 ApiKey(name="bob", sha256=hash_key(KEY_B)),
                 ApiKey(name="carol", sha256=hash_key(KEY_C)),
+                ApiKey(name="dave", sha256=hash_key(KEY_D)),
             ),
         ),
         uploads=UploadSettings(max_body_bytes=CAP, max_fields=8, max_field_bytes=1024),
@@ -503,6 +505,111 @@ def test_files_expire_after_the_retention_time(strict: Strict, tmp_path: Path) -
     assert conversion["status"] == "COMPLETED"  # the task itself is kept
 
 
+# Rows 7 to 9: outbound URLs. 127.0.0.1 plays the internal host (refused), 127.0.0.2 the
+# public one (allow-listed); each listener counts the connections it accepted.
+
+
+@pytest.fixture
+def internal() -> Iterator[Listener]:
+    listener, server = start_listener("127.0.0.1", {"/a.mp3": b"never served"})
+    yield listener
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def public(tmp_path: Path) -> Iterator[Listener]:
+    song = tmp_path / "public.wav"
+    write_song(song, 1.0, seed=30)  # under the 256 KB download cap
+    listener, server = start_listener(ALLOWED_HOST, {"/song.wav": song.read_bytes()})
+    yield listener
+    server.shutdown()
+    server.server_close()
+
+
+def test_literal_internal_addresses_are_refused_at_submission(
+    strict: Strict, internal: Listener
+) -> None:
+    port = internal.port
+    for url in (
+        f"http://127.0.0.1:{port}/a.mp3",
+        f"http://2130706433:{port}/a.mp3",
+        f"http://0x7f.1:{port}/a.mp3",
+        f"http://[::ffff:127.0.0.1]:{port}/a.mp3",
+        "http://169.254.169.254/latest/meta-data/",
+    ):
+        answer = post(strict, audio_url=url)
+        assert answer.status_code == 422, (url, answer.text)
+        assert answer.json()["field"] == "audio_url"
+    hook = post(
+        strict, audio_url=f"http://{ALLOWED_HOST}:1/a.mp3", webhook_url=f"http://127.0.0.1:{port}/h"
+    )
+    assert hook.status_code == 422 and hook.json()["field"] == "webhook_url"
+    assert internal.connections == 0
+    strict.healthy_within_a_second()
+
+
+def test_names_and_redirects_to_internal_addresses_are_refused(
+    strict: Strict, internal: Listener, public: Listener
+) -> None:
+    port = internal.port
+    cases = {
+        f"http://localhost:{port}/a.mp3": "audio_url points to a private or local address",
+        f"{public.url}/redirect?to=http://127.0.0.1:{port}/a.mp3": "a redirect from audio_url",
+    }
+    for url, message in cases.items():
+        answer = post(strict, key=KEY_D, audio_url=url, stems='["drums"]')
+        assert answer.status_code == 200, answer.text
+        conversion = final(strict, answer.json()["task_id"], key=KEY_D)
+        assert conversion["status"] == "FAILED"
+        assert conversion["status_msg"].startswith(message), conversion["status_msg"]
+    assert internal.connections == 0
+    assert public.connections >= 1
+    strict.healthy_within_a_second()
+
+
+def test_webhook_to_an_internal_name_is_never_sent(
+    strict: Strict, internal: Listener, public: Listener
+) -> None:
+    answer = post(
+        strict,
+        key=KEY_D,
+        audio_url=f"{public.url}/song.wav",
+        webhook_url=f"http://localhost:{internal.port}/hook",
+        stems='["drums"]',
+    )
+    assert answer.status_code == 200, answer.text
+    conversion = final(strict, answer.json()["task_id"], key=KEY_D)
+    assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+    while not conversion["webhook"] or conversion["webhook"][0]["state"] == "PENDING":
+        conversion = final(strict, answer.json()["task_id"], key=KEY_D)
+    (delivery,) = conversion["webhook"]
+    assert delivery["state"] == "FAILED"
+    assert delivery["attempts"][0]["error"].startswith("webhook_url points to a private")
+    assert internal.connections == 0
+
+
+def test_redirect_chains_slow_and_endless_downloads_are_cut(
+    strict: Strict, public: Listener
+) -> None:
+    hop = f"{public.url}/redirect?to="
+    too_many = hop + hop + hop + f"{public.url}/song.wav"  # three redirects; the cap is 2
+    cases = {
+        too_many: "audio_url redirected more than 2 times",
+        f"{public.url}/trickle": "audio_url took longer than 2 s",
+        f"{public.url}/endless": "audio_url is larger than 256 KB",
+    }
+    started = time.monotonic()
+    for url, message in cases.items():
+        answer = post(strict, key=KEY_D, audio_url=url, stems='["drums"]')
+        assert answer.status_code == 200, answer.text
+        conversion = final(strict, answer.json()["task_id"], key=KEY_D)
+        assert conversion["status"] == "FAILED"
+        assert conversion["status_msg"] == message
+        strict.healthy_within_a_second()
+    assert time.monotonic() - started < 30
+
+
 # Row 10: secrets never reach logs or responses. Kept last in this module, so that the
 # logs it reads hold every request the tests above made.
 
@@ -517,7 +624,7 @@ def test_keys_and_the_webhook_secret_never_appear_in_logs(strict: Strict) -> Non
     )
     assert wrong.status_code == 401 and SECRET not in wrong.text
     logs = Path(ray_session_dir()) / "logs"
-    secrets = [KEY_A.encode(), KEY_B.encode(), KEY_C.encode(), SECRET.encode()]
+    secrets = [key.encode() for key in (KEY_A, KEY_B, KEY_C, KEY_D, SECRET)]
     read = 0
     for path in logs.rglob("*"):
         if path.is_file():

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from serve_app.netguard import OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState
 from serve_app.webhooks import (
     RetrySchedule,
@@ -29,6 +29,7 @@ from serve_app.webhooks import (
     secret_key,
     sign,
     verify,
+    webhook_session,
 )
 
 KEY = b"stemsplit test key, 32 bytes...!"
@@ -40,6 +41,8 @@ NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 FAST = RetrySchedule(delays_s=(0.05, 0.05), jitter=0.0, timeout_s=0.2)
 # Odd spacing and a non-ASCII character: the receiver must get these bytes, untouched.
 PAYLOAD = '{"conversion":  {"task_id": "t1", "title": "Café del Mar"}}'
+# The receivers here are on loopback, which the default policy refuses (test_netguard.py).
+LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8", "::1/128"))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -213,7 +216,7 @@ def delivery(url: str) -> Delivery:
 async def post_once(
     url: str, *, number: int = 1, schedule: RetrySchedule = FAST
 ) -> tuple[Attempt, bool, float | None]:
-    async with aiohttp.ClientSession() as session:
+    async with webhook_session(LOOPBACK) as session:
         result = await attempt(
             session, delivery(url), SECRET, schedule, number=number, now=lambda: NOW
         )
