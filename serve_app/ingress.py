@@ -155,6 +155,7 @@ class Ingress:
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
+        self.app_name = serve.get_replica_context().app_name
 
     @api.post(f"{PREFIX}/Extraction", openapi_extra=EXTRACTION_BODY)
     async def extraction(self, request: Request) -> JSONResponse:
@@ -168,6 +169,13 @@ class Ingress:
                 429,
                 f"more than {self.args.limits.conversions_per_minute} conversions a minute",
                 headers={"Retry-After": str(retry_after)},
+            )
+        queued = (await asyncio.to_thread(self.store.counts))[Status.IN_QUEUE]
+        if queued >= self.args.limits.max_queued_tasks:
+            return error(
+                503,
+                f"the service is busy ({queued} tasks waiting); try again later",
+                headers={"Retry-After": str(self.args.limits.busy_retry_after_s)},
             )
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(
@@ -331,12 +339,29 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """Whether the database answers; the other parts report to Serve's health checks."""
+        """The database and every deployment of this application: 200 when all are up,
+        else 503 naming what is down and why."""
+        down: dict[str, str] = {}
+        tasks: dict[str, int] = {}
         try:
             counts = await asyncio.to_thread(self.store.counts)
-        except Exception:
+            tasks = {status.value: count for status, count in counts.items()}
+        except Exception as failure:
             logger.exception("health check: the task database does not answer")
-            return JSONResponse({"status": "unhealthy", "down": ["database"]}, status_code=503)
-        return JSONResponse(
-            {"status": "ok", "tasks": {status.value: count for status, count in counts.items()}}
-        )
+            down["database"] = type(failure).__name__
+        down.update(await asyncio.to_thread(self._deployments_down))
+        if down:
+            return JSONResponse({"status": "unhealthy", "down": down}, status_code=503)
+        return JSONResponse({"status": "ok", "tasks": tasks})
+
+    def _deployments_down(self) -> dict[str, str]:
+        """Deployments of this application that Serve does not report healthy, with its
+        message (a Separator's says why its model did not load)."""
+        application = serve.status().applications.get(self.app_name)
+        if application is None:
+            return {"application": "not found in Serve's status"}
+        return {
+            name: deployment.message or deployment.status
+            for name, deployment in application.deployments.items()
+            if deployment.status != "HEALTHY"
+        }

@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 import torch
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from models.audio import Track, decode
@@ -51,6 +51,10 @@ from serve_app.webhooks import new_secret
 logger = logging.getLogger("ray.serve")
 
 PROGRESS_EVERY_S = 1.0  # at most one progress write per task per second
+SEGMENT_RETRIES = 3
+# What a call to a replica raises when the replica died or left before answering
+# (ActorDiedError and ActorUnavailableError are kinds of it).
+REPLICA_GONE = RayActorError
 
 
 class LeaseLostError(Exception):
@@ -96,14 +100,30 @@ class RemoteModels:
         handle = self.separators[model]
 
         def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
-            names = tuple(sources)
-            responses = [
-                handle.separate.remote(SegmentJob(window, names, self.task_id))
-                for window in windows
+            jobs = [SegmentJob(window, tuple(sources), self.task_id) for window in windows]
+            responses = [handle.separate.remote(job) for job in jobs]
+            return [
+                self._result(handle, job, response)
+                for job, response in zip(jobs, responses, strict=True)
             ]
-            return [response.result() for response in responses]
 
         return run
+
+    def _result(self, handle: DeploymentHandle, job: SegmentJob, response: Any) -> torch.Tensor:
+        """A segment's output; a segment whose replica died is sent again (to a live one),
+        up to SEGMENT_RETRIES times. A segment is a pure function of its window, so running
+        it twice changes nothing."""
+        for attempt in range(SEGMENT_RETRIES + 1):
+            try:
+                return cast(torch.Tensor, response.result())
+            except REPLICA_GONE:
+                if attempt == SEGMENT_RETRIES:
+                    raise
+                logger.warning(
+                    "task %s: a Separator replica died; segment sent again", self.task_id
+                )
+                response = handle.separate.remote(job)
+        raise AssertionError("the loop above returns or raises")
 
 
 def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
@@ -167,12 +187,25 @@ class Pipeline:
         self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
         self.dispatcher = webhook_dispatcher(args, context.app_name)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.lost: dict[str, asyncio.Event] = {}  # set when a running task's lease is gone
         self.wakeup = asyncio.Event()
         self.loop = asyncio.get_running_loop().create_task(self._claim_loop())
 
     async def wake(self) -> None:
         """Look for work now (the ingress calls this after creating a task)."""
         self.wakeup.set()
+
+    async def __del__(self) -> None:
+        """Graceful shutdown (Serve calls this): stop claiming and hand unfinished tasks
+        back to the queue, so a live or restarted replica takes them at once instead of
+        waiting for their leases to expire."""
+        self.loop.cancel()
+        for task_id in list(self.running):
+            self.lost[task_id].set()  # stops the worker thread at its next segment
+            released = await asyncio.to_thread(self.store.release, task_id, self.worker)
+            logger.info("task %s: handed back on shutdown (%s)", task_id, released)
+        for task in list(self.running.values()):
+            task.cancel()
 
     async def check_health(self) -> None:
         """Unhealthy once the claim loop has stopped: Serve then replaces the replica."""
@@ -224,6 +257,7 @@ class Pipeline:
 
     def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)
+        self.lost.pop(task_id, None)
         self.wakeup.set()
 
     def _payload(self, record: TaskRecord) -> str:
@@ -233,7 +267,7 @@ class Pipeline:
         task_id = record.task_id
         log = logging.LoggerAdapter(logger, {"task_id": task_id})
         log.info("task %s: claimed (claim %d)", task_id, record.claims)
-        lost = asyncio.Event()
+        lost = self.lost.setdefault(task_id, asyncio.Event())
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(task_id, lost))
         folder = self.work_dir / f"{task_id}-{self.worker}"
         started = time.monotonic()

@@ -21,6 +21,7 @@ import torch
 from ray import serve
 
 from models.engine import Geometry, resolve_device, separate_windows
+from models.errors import SeparationError
 from models.loading import load_model
 from models.routing import load_routing
 from serve_app import metrics
@@ -60,18 +61,32 @@ class Separator:
         self.model = model
         self.device = resolve_device(args.engine.device)
         self.precision = args.engine.precision
-        self.bag = load_model(
-            entry.weights,
-            model_dir=Path(args.model_dir) if args.model_dir else None,
-            use_hub=args.use_hub,
-            checksum=entry.checksum,
-        )
-        self.bag.to(self.device)
-        self.geometry = Geometry.of(self.bag)
         self.batches = 0
         self.sizes: Counter[int] = Counter()
         self.tasks_per_batch: Counter[int] = Counter()
+        try:
+            self.bag = load_model(
+                entry.weights,
+                model_dir=Path(args.model_dir) if args.model_dir else None,
+                use_hub=args.use_hub,
+                checksum=entry.checksum,
+            )
+        except SeparationError as failure:
+            # Stay up to say why: the health check fails with this message, Serve keeps
+            # replacing the replica (so weights placed later are picked up), and
+            # /healthz names this deployment as down.
+            self.failure: str | None = f"model {model!r} is not available: {failure}"
+            logger.error("separator %s: %s", model, self.failure)
+            return
+        self.failure = None
+        self.bag.to(self.device)
+        self.geometry = Geometry.of(self.bag)
         logger.info("separator %s loaded on %s", model, self.device)
+
+    def check_health(self) -> None:
+        """Unhealthy while the model is not loaded."""
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply `user_config`: `max_batch_size` and `batch_wait_timeout_s`."""

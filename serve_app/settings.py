@@ -160,6 +160,10 @@ class LimitSettings(Section):
     """Per-key request limits."""
 
     conversions_per_minute: int = Field(60, gt=0)  # MusicGPT's default
+    # Admission: past this many tasks waiting, new ones get 503 + Retry-After rather
+    # than an eta nobody wants. Each waiting task is a row and an upload on disk.
+    max_queued_tasks: int = Field(1000, gt=0)
+    busy_retry_after_s: int = Field(30, gt=0)
 
 
 class RetentionSettings(Section):

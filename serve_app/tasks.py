@@ -231,6 +231,20 @@ class TaskStore:
         values = {"lease_until": moment + timedelta(seconds=lease_s), "updated_at": moment}
         return self._update_held(task_id, worker, values)
 
+    def release(self, task_id: str, worker: str) -> bool:
+        """Hand a task back to the queue (a replica shutting down gracefully), if `worker`
+        holds it: IN_QUEUE, no lease, progress 0, and the claim not counted against
+        max_claims, since the task did not stop its worker."""
+        values = {
+            "status": Status.IN_QUEUE.value,
+            "lease_owner": None,
+            "lease_until": None,
+            "progress": 0.0,
+            "claims": task_table.c.claims - 1,
+            "updated_at": _moment(None),
+        }
+        return self._update_held(task_id, worker, values)
+
     def set_progress(self, task_id: str, worker: str, progress: float) -> bool:
         """Record progress (clamped to [0, 1], never backwards) if `worker` holds the task."""
         if math.isnan(progress):

@@ -751,3 +751,19 @@ def test_a_database_made_before_the_newer_columns_is_upgraded(url: str, tmp_path
     assert set(NEWER_COLUMNS) <= columns
     assert set(newer_indexes) <= indexes
     assert "ux_tasks_idempotency_key" in newer_indexes
+
+
+def test_release_hands_a_task_back_without_counting_the_claim(store: TaskStore) -> None:
+    created = store.create(spec())
+    claimed = store.claim("w1", 30.0)
+    assert claimed is not None and claimed.claims == 1
+    assert store.set_progress(created.task_id, "w1", 0.5)
+    assert not store.release(created.task_id, "w2")  # only the holder may
+    assert store.release(created.task_id, "w1")
+    back = store.get(created.task_id)
+    assert back is not None
+    assert back.status == Status.IN_QUEUE
+    assert (back.lease_owner, back.lease_until, back.progress, back.claims) == (None, None, 0.0, 0)
+    again = store.claim("w2", 30.0)  # at once: no lease to wait for
+    assert again is not None and again.task_id == created.task_id and again.claims == 1
+    assert not store.renew(created.task_id, "w1", 30.0)

@@ -1,0 +1,273 @@
+"""Faults and overload against the running service (issue 6): real processes of the
+application are killed or shut down, and every task still ends with its stems or a reason.
+Marked `faults`, so they can run alone: `pytest -m faults`."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+import requests
+from ray import serve
+
+from models.routing import load_routing
+from models.separate import ModelStore, separate_file
+from serve_app.app import build_app, separator_name
+from serve_app.records import Status
+from serve_app.settings import (
+    AppArgs,
+    LimitSettings,
+    OutboundSettings,
+    PipelineSettings,
+)
+from serve_app.tasks import TaskStore
+from tests.serve_app.conftest import (
+    APP,
+    KEY_A,
+    Service,
+    free_port,
+    samples_of,
+    submit,
+    wait_final,
+    write_song,
+)
+
+pytestmark = pytest.mark.faults
+
+QUANTUM = 1.0 / 32768
+
+
+def kill_replica(app: str, deployment: str) -> None:
+    """ray.kill the one replica of a deployment (Serve then starts a new one)."""
+    found = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(actor, dict)
+        and "REPLICA" in actor["name"]
+        and f"{app}#{deployment}#" in actor["name"]
+    ]
+    assert len(found) == 1, found
+    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=True)
+
+
+def wait_running(app: str, task_ids: list[str]) -> None:
+    """Block until the Pipeline works on every one of `task_ids`."""
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=app)
+    deadline = time.monotonic() + 60
+    while not set(task_ids) <= set(pipeline.running_tasks.remote().result()):
+        assert time.monotonic() < deadline, "tasks did not start"
+
+
+def test_separator_killed_mid_batch_every_task_completes_exactly(
+    service: Service, tmp_path: Path, model_dir: Path
+) -> None:
+    songs = []
+    for seed in range(3):
+        path = tmp_path / f"song{seed}.mp3"
+        write_song(path, 20.0, seed=40 + seed, fmt="mp3")
+        songs.append(path)
+    with ThreadPoolExecutor(len(songs)) as pool:
+        answers = list(pool.map(lambda p: submit(service, song=p, stems='["drums"]'), songs))
+    ids = [answer.json()["task_id"] for answer in answers]
+    wait_running(APP, ids)
+    kill_replica(APP, separator_name("htdemucs_6s"))
+    store = ModelStore(load_routing(), model_dir=model_dir, use_hub=False)
+    for song, task_id in zip(songs, ids, strict=True):
+        conversion = wait_final(service, task_id, timeout_s=240)
+        assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+        served = requests.get(
+            conversion["stems"]["drums"], headers={"Authorization": KEY_A}, timeout=30
+        ).content
+        # The same song separated here, in one process: a lost or doubled segment
+        # would differ by far more than 16-bit rounding.
+        local = separate_file(song, ["drums"], tmp_path / task_id, store=store)["drums"]
+        difference = np.abs(samples_of(served) - samples_of(local.read_bytes())).max()
+        assert difference <= 2 * QUANTUM, difference
+
+
+class HeldReceiver:
+    """A webhook receiver that holds its first request open until released, then answers
+    204 to every later one; records the webhook-id of each request."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.first_arrived = threading.Event()
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.ids.append(self.headers["webhook-id"])
+                if len(receiver.ids) == 1:
+                    receiver.first_arrived.set()
+                    receiver.release.wait(30)
+                    self.send_response(500)
+                else:
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_dispatcher_killed_with_a_delivery_in_flight_resends_it(
+    service: Service, song: Path
+) -> None:
+    receiver = HeldReceiver()
+    try:
+        answer = submit(
+            service,
+            song=song,
+            stems='["bass"]',
+            webhook_url=f"http://127.0.0.1:{receiver.port}/hook",
+        )
+        task_id = answer.json()["task_id"]
+        assert receiver.first_arrived.wait(120)
+        (dispatcher,) = [
+            actor
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if isinstance(actor, dict) and actor["name"] == f"{APP}-webhooks"
+        ]
+        actor = ray.get_actor(dispatcher["name"], namespace=dispatcher["namespace"])
+        ray.kill(actor, no_restart=False)
+        receiver.release.set()
+        deadline = time.monotonic() + 60
+        report: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            report = wait_final(service, task_id)["webhook"]
+            if report and report[0]["state"] != "PENDING":
+                break
+        assert report[0]["state"] == "DELIVERED", report
+        assert len(receiver.ids) >= 2
+        assert set(receiver.ids) == {report[0]["webhook_id"]}
+    finally:
+        receiver.release.set()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+FAULTS = "faults"
+
+
+@pytest.fixture(scope="module")
+def faults_app(
+    service: Service, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[tuple[str, AppArgs]]:
+    """An application with one task at a time, long leases and a short queue, auth off."""
+    args = AppArgs(
+        data_dir=str(tmp_path_factory.mktemp("faults")),
+        model_dir=str(model_dir),
+        use_hub=False,
+        public_url=f"{service.url}/{FAULTS}",
+        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8",)),
+        limits=LimitSettings(max_queued_tasks=2, busy_retry_after_s=7),
+        pipeline=PipelineSettings(lease_s=60.0, poll_s=0.5, tasks_per_replica=1),
+    )
+    serve.run(build_app(args), name=FAULTS, route_prefix=f"/{FAULTS}")
+    try:
+        yield f"{service.url}/{FAULTS}", args
+    finally:
+        serve.delete(FAULTS)
+
+
+def post_song(base: str, song: Path) -> requests.Response:
+    with song.open("rb") as audio:
+        return requests.post(
+            f"{base}/api/public/v1/Extraction",
+            data={"stems": '["drums"]'},
+            files={"audio_file": (song.name, audio)},
+            timeout=60,
+        )
+
+
+def final_status(base: str, task_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conversion: dict[str, Any] = requests.get(
+            f"{base}/api/public/v1/byId", params={"task_id": task_id}, timeout=10
+        ).json()["conversion"]
+        if conversion["status"] in ("COMPLETED", "FAILED"):
+            return conversion
+        threading.Event().wait(0.25)  # a client's polling interval
+    raise AssertionError(f"task {task_id} did not end")
+
+
+def test_overload_gets_a_fast_503_while_admitted_tasks_complete(
+    faults_app: tuple[str, AppArgs], tmp_path: Path
+) -> None:
+    base, _args = faults_app
+    song = tmp_path / "long.mp3"
+    write_song(song, 30.0, seed=50, fmt="mp3")
+    admitted = [post_song(base, song) for _ in range(3)]  # one runs, two wait
+    assert [answer.status_code for answer in admitted] == [200, 200, 200]
+    started = time.monotonic()
+    refused = post_song(base, song)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == "7"
+    assert time.monotonic() - started < 2.0
+    for answer in admitted:
+        assert final_status(base, answer.json()["task_id"])["status"] == "COMPLETED"
+
+
+def test_graceful_shutdown_hands_tasks_back_and_a_restart_finishes_them(
+    faults_app: tuple[str, AppArgs], tmp_path: Path
+) -> None:
+    base, args = faults_app
+    song = tmp_path / "long.mp3"
+    write_song(song, 40.0, seed=51, fmt="mp3")
+    task_id = post_song(base, song).json()["task_id"]
+    wait_running(FAULTS, [task_id])
+    serve.delete(FAULTS)  # graceful: Serve calls the Pipeline's __del__
+    store = TaskStore(args.db_url())
+    record = store.get(task_id)
+    assert record is not None
+    # No task left PROCESSING without a live lease: it is back in the queue.
+    assert record.status == Status.IN_QUEUE and record.lease_owner is None
+    serve.run(build_app(args), name=FAULTS, route_prefix=f"/{FAULTS}")
+    started = time.monotonic()
+    conversion = final_status(base, task_id)
+    assert conversion["status"] == "COMPLETED"
+    # Taken again at once, not after the 60 s lease, and not counted as a crash.
+    assert time.monotonic() - started < 60
+    finished = store.get(task_id)
+    assert finished is not None and finished.claims == 1
+
+
+def test_a_model_that_failed_to_load_shows_in_healthz(service: Service, tmp_path: Path) -> None:
+    name = "broken"
+    args = AppArgs(
+        data_dir=str(tmp_path / "data"),
+        model_dir=str(tmp_path / "no-weights-here"),
+        use_hub=False,
+        public_url=f"{service.url}/{name}",
+    )
+    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
+    try:
+        deadline = time.monotonic() + 60
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            answer = requests.get(f"{service.url}/{name}/healthz", timeout=30)
+            if answer.status_code == 503:
+                body = answer.json()
+                if separator_name("htdemucs_6s") in body["down"]:
+                    break
+        down = body["down"][separator_name("htdemucs_6s")]
+        assert "model 'htdemucs_6s' is not available" in down, down
+        assert "Pipeline" not in body["down"]
+    finally:
+        serve.delete(name)
+    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
