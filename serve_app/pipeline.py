@@ -7,6 +7,10 @@ within the limits, clean through the Preprocessor, plan, send segments to the Se
 of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
 COMPLETED, which in the same transaction queues its webhook in the outbox. Any failure
 ends in FAILED with a message the caller can act on; tracebacks stay in the logs.
+
+A segment whose Separator replica died is sent again; a replica shut down gracefully
+hands its running tasks back to the queue; the claim loop also wakes the webhook
+dispatcher (restarting it if it died) and runs the retention sweep.
 """
 
 from __future__ import annotations
