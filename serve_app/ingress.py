@@ -355,13 +355,15 @@ class Ingress:
         return JSONResponse({"status": "ok", "tasks": tasks})
 
     def _deployments_down(self) -> dict[str, str]:
-        """Deployments of this application that Serve does not report healthy, with its
-        message (a Separator's says why its model did not load)."""
+        """Deployments of this application that Serve reports unhealthy or failing to
+        start, with Serve's message (a Separator's says why its model did not load). A
+        deployment merely updating or scaling is not down."""
         application = serve.status().applications.get(self.app_name)
         if application is None:
             return {"application": "not found in Serve's status"}
-        return {
-            name: deployment.message or deployment.status
-            for name, deployment in application.deployments.items()
-            if deployment.status != "HEALTHY"
-        }
+        down = {}
+        for name, deployment in application.deployments.items():
+            failing = deployment.status in ("UNHEALTHY", "DEPLOY_FAILED")
+            if failing or (deployment.status == "UPDATING" and deployment.message):
+                down[name] = deployment.message or deployment.status
+        return down

@@ -72,9 +72,9 @@ class Separator:
                 checksum=entry.checksum,
             )
         except SeparationError as failure:
-            # Stay up to say why: the health check fails with this message, Serve keeps
-            # replacing the replica (so weights placed later are picked up), and
-            # /healthz names this deployment as down.
+            # Stay up to say why: the health check fails with this message, which
+            # Serve shows in its status (it retries, then marks the deployment failed)
+            # and /healthz reports, naming this deployment.
             self.failure: str | None = f"model {model!r} is not available: {failure}"
             logger.error("separator %s: %s", model, self.failure)
             return
