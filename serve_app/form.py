@@ -76,7 +76,7 @@ async def read_extraction_form(
     reader = PartReader(limits)
     if media_type == URLENCODED:
         await read_urlencoded(request, reader, limits)
-        return _check_form(reader, spool_dir / "unused", routing, policy)
+        return _check_form(reader, None, routing, policy)
     boundary = multipart_boundary(request.headers)
     upload = spool_dir / f"upload-{uuid.uuid4().hex}"
     try:
@@ -88,7 +88,7 @@ async def read_extraction_form(
 
 
 def _check_form(
-    reader: PartReader, upload: Path, routing: Routing, policy: OutboundPolicy
+    reader: PartReader, upload: Path | None, routing: Routing, policy: OutboundPolicy
 ) -> ExtractionForm:
     """Check every field of a fully read form and build the ExtractionForm."""
     fields = reader.fields

@@ -36,7 +36,12 @@ from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.settings import AppArgs
-from serve_app.tasks import IdempotencyConflictError, IdempotencyKeyError, TaskStore
+from serve_app.tasks import (
+    IdempotencyConflictError,
+    IdempotencyKeyError,
+    TaskStore,
+    check_idempotency_key,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -163,6 +168,11 @@ class Ingress:
         `Idempotency-Key` header, a repeated request returns the first task."""
         owner = self.auth.owner(request.headers.get("authorization"))
         idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None:
+            try:
+                check_idempotency_key(idempotency_key)
+            except IdempotencyKeyError as failure:
+                return error(400, str(failure), field="Idempotency-Key")
         retry_after = await asyncio.to_thread(self._rate_limited, owner)
         if retry_after is not None:
             return error(
@@ -170,7 +180,8 @@ class Ingress:
                 f"more than {self.args.limits.conversions_per_minute} conversions a minute",
                 headers={"Retry-After": str(retry_after)},
             )
-        queued = (await asyncio.to_thread(self.store.counts))[Status.IN_QUEUE]
+        counts = await asyncio.to_thread(self.store.counts)
+        queued = counts[Status.IN_QUEUE]
         if queued >= self.args.limits.max_queued_tasks:
             return error(
                 503,
@@ -182,8 +193,14 @@ class Ingress:
             request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
         )
         try:
-            fingerprint = await asyncio.to_thread(request_fingerprint, form)
-            spec = await asyncio.to_thread(self._spec, owner, form)
+            # Hashing reads the whole upload: only a request that may be a repeat pays.
+            fingerprint = (
+                None
+                if idempotency_key is None
+                else await asyncio.to_thread(request_fingerprint, form)
+            )
+            ahead = queued + counts[Status.PROCESSING]
+            spec = await asyncio.to_thread(self._spec, owner, form, ahead)
         finally:
             if form.upload is not None:
                 form.upload.unlink(missing_ok=True)
@@ -191,10 +208,9 @@ class Ingress:
             record, created = await asyncio.to_thread(
                 self._create, spec, idempotency_key, fingerprint
             )
-        except (IdempotencyKeyError, IdempotencyConflictError) as failure:
+        except IdempotencyConflictError as failure:
             await asyncio.to_thread(self._discard_upload, spec)
-            status = 400 if isinstance(failure, IdempotencyKeyError) else 422
-            return error(status, str(failure), field="Idempotency-Key")
+            return error(422, str(failure), field="Idempotency-Key")
         if not created:
             await asyncio.to_thread(self._discard_upload, spec)
         else:
@@ -215,7 +231,7 @@ class Ingress:
     def _discard_upload(self, spec: TaskSpec) -> None:
         """Delete the upload of a request that made no task (a repeat, or refused)."""
         if spec.input_key is not None:
-            self.blobs.delete_prefix(spec.input_key)
+            self.blobs.delete_prefix(f"{PurePosixPath(spec.input_key).parent}/")
 
     def _rate_limited(self, owner: str) -> int | None:
         """Seconds until `owner` may create another task, or None when it may now."""
@@ -227,14 +243,15 @@ class Ingress:
         return max(1, math.ceil((oldest + window - now).total_seconds()))
 
     def _create(
-        self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str
+        self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str | None
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is None:
             return self.store.create(spec), True
         return self.store.create_once(spec, idempotency_key, fingerprint)
 
-    def _spec(self, owner: str, form: ExtractionForm) -> TaskSpec:
-        """The task to create: the upload moved into the blob store, the estimates made."""
+    def _spec(self, owner: str, form: ExtractionForm, ahead: int) -> TaskSpec:
+        """The task to create: the upload moved into the blob store, the estimates made
+        (`ahead`: tasks queued or running before it)."""
         duration: float | None = None
         input_key: str | None = None
         if form.upload is not None:
@@ -255,7 +272,6 @@ class Ingress:
             input_key = f"inputs/{uuid.uuid4().hex}/{name}"
             self.blobs.put_file(input_key, form.upload)
         passes = len(make_plan(form.stems, self.routing).passes)
-        counts = self.store.counts()
         speed = self.store.recent_speed() or self.args.pricing.seconds_per_audio_second
         return TaskSpec(
             owner=owner,
@@ -270,7 +286,7 @@ class Ingress:
                 duration,
                 passes,
                 seconds_per_audio_second=speed,
-                queued_ahead=counts[Status.IN_QUEUE] + counts[Status.PROCESSING],
+                queued_ahead=ahead,
                 parallel_tasks=self.args.pipeline.tasks_per_replica,
             ),
             credit_estimate=credits(duration, self.args.pricing.credits_per_minute),

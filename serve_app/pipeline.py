@@ -65,12 +65,16 @@ class LeaseLostError(Exception):
     """Another replica took the task over; this one stops working on it."""
 
 
-def user_message(error: BaseException) -> str:
-    """What a caller may read about a failure: our own errors' messages, never internals."""
+INTERNAL_ERROR = "internal error while processing the task; it has been logged"
+
+
+def user_message(error: BaseException) -> str | None:
+    """What a caller may read about a failure: our own errors' messages; None for
+    anything else, whose internals stay in the logs."""
     cause = error.cause if isinstance(error, RayTaskError) else error
     if isinstance(cause, SeparationError | FetchError):
         return str(cause)
-    return "internal error while processing the task; it has been logged"
+    return None
 
 
 @dataclass
@@ -286,8 +290,9 @@ class Pipeline:
             return
         except Exception as error:
             message = user_message(error)
-            if message.startswith("internal error"):
+            if message is None:
                 log.exception("task %s: failed", task_id)
+                message = INTERNAL_ERROR
             else:
                 log.info("task %s: failed: %s", task_id, message)
             await asyncio.to_thread(

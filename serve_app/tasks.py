@@ -86,6 +86,12 @@ class IdempotencyKeyError(ValueError):
         )
 
 
+def check_idempotency_key(key: str) -> None:
+    """Refuse an Idempotency-Key that cannot be stored (IdempotencyKeyError)."""
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise IdempotencyKeyError(key)
+
+
 class IdempotencyConflictError(Exception):
     """An Idempotency-Key that already created a task from a different request."""
 
@@ -158,8 +164,7 @@ class TaskStore:
         than `key_ttl_s` counts as unused: it moves to a new task and the old task stays.
         Concurrent calls with one key, from any processes, create exactly one task.
         """
-        if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise IdempotencyKeyError(idempotency_key)
+        check_idempotency_key(idempotency_key)
         moment = _moment(now)
         task_id = str(uuid.uuid4())
         holder = and_(
