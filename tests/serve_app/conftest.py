@@ -6,7 +6,8 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,29 +186,68 @@ def submit(
         )
 
 
+def is_final(conversion: dict[str, Any]) -> bool:
+    """The task is COMPLETED or FAILED."""
+    return conversion["status"] in ("COMPLETED", "FAILED")
+
+
+def webhook_settled(conversion: dict[str, Any]) -> bool:
+    """The task is final and its webhook delivery is no longer PENDING."""
+    deliveries = conversion["webhook"]
+    return is_final(conversion) and bool(deliveries) and deliveries[0]["state"] != "PENDING"
+
+
+def poll(
+    by_id_url: str,
+    task_id: str,
+    *,
+    key: str | None = KEY_A,
+    until: Callable[[dict[str, Any]], bool] = is_final,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Poll a byId URL, as a client does, until `until(conversion)`; returns the
+    conversion object."""
+    headers = {"Authorization": key} if key is not None else {}
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()  # never set: only a polling interval
+    while time.monotonic() < deadline:
+        answer = requests.get(by_id_url, params={"task_id": task_id}, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        conversion: dict[str, Any] = answer.json()["conversion"]
+        if until(conversion):
+            return conversion
+        pause.wait(0.25)
+    raise AssertionError(f"task {task_id} did not get there in {timeout_s} s")
+
+
 def wait_final(
     service: Service, task_id: str, *, key: str = KEY_A, timeout_s: float = 120.0
-) -> dict:
-    """Poll byId until the task is COMPLETED or FAILED; returns the conversion object."""
-    deadline = threading.Event()
-    timer = threading.Timer(timeout_s, deadline.set)
-    timer.start()
-    try:
-        while not deadline.is_set():
-            answer = requests.get(
-                service.api("byId"),
-                params={"conversionType": "EXTRACTION", "task_id": task_id},
-                headers={"Authorization": key},
-                timeout=30,
-            )
-            assert answer.status_code == 200, answer.text
-            conversion: dict[str, Any] = answer.json()["conversion"]
-            if conversion["status"] in ("COMPLETED", "FAILED"):
-                return conversion
-            deadline.wait(0.25)  # polling interval, as a client polls
-    finally:
-        timer.cancel()
-    raise AssertionError(f"task {task_id} did not finish in {timeout_s} s")
+) -> dict[str, Any]:
+    """Poll the session's application until the task is COMPLETED or FAILED."""
+    return poll(service.api("byId"), task_id, key=key, timeout_s=timeout_s)
+
+
+def kill_replica(app: str, deployment: str) -> None:
+    """ray.kill the one replica of a deployment (Serve then starts a new one)."""
+    found = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(actor, dict)
+        and "REPLICA" in actor["name"]
+        and f"{app}#{deployment}#" in actor["name"]
+    ]
+    assert len(found) == 1, found
+    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=True)
+
+
+def wait_running(app: str, task_ids: list[str]) -> None:
+    """Block until the Pipeline works on every one of `task_ids`."""
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=app)
+    deadline = time.monotonic() + 60
+    pause = threading.Event()  # never set: only a polling interval
+    while not set(task_ids) <= set(pipeline.running_tasks.remote().result()):
+        assert time.monotonic() < deadline, "tasks did not start"
+        pause.wait(0.05)
 
 
 def samples_of(data: bytes) -> npt.NDArray[np.float32]:

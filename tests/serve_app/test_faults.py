@@ -34,36 +34,19 @@ from tests.serve_app.conftest import (
     KEY_A,
     Service,
     free_port,
+    kill_replica,
+    poll,
     samples_of,
     submit,
     wait_final,
+    wait_running,
+    webhook_settled,
     write_song,
 )
 
 pytestmark = pytest.mark.faults
 
 QUANTUM = 1.0 / 32768
-
-
-def kill_replica(app: str, deployment: str) -> None:
-    """ray.kill the one replica of a deployment (Serve then starts a new one)."""
-    found = [
-        actor
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if isinstance(actor, dict)
-        and "REPLICA" in actor["name"]
-        and f"{app}#{deployment}#" in actor["name"]
-    ]
-    assert len(found) == 1, found
-    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=True)
-
-
-def wait_running(app: str, task_ids: list[str]) -> None:
-    """Block until the Pipeline works on every one of `task_ids`."""
-    pipeline = serve.get_deployment_handle("Pipeline", app_name=app)
-    deadline = time.monotonic() + 60
-    while not set(task_ids) <= set(pipeline.running_tasks.remote().result()):
-        assert time.monotonic() < deadline, "tasks did not start"
 
 
 def test_separator_killed_mid_batch_every_task_completes_exactly(
@@ -145,12 +128,7 @@ def test_dispatcher_killed_with_a_delivery_in_flight_resends_it(
         actor = ray.get_actor(dispatcher["name"], namespace=dispatcher["namespace"])
         ray.kill(actor, no_restart=False)
         receiver.release.set()
-        deadline = time.monotonic() + 60
-        report: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            report = wait_final(service, task_id)["webhook"]
-            if report and report[0]["state"] != "PENDING":
-                break
+        report = poll(service.api("byId"), task_id, until=webhook_settled)["webhook"]
         assert report[0]["state"] == "DELIVERED", report
         assert len(receiver.ids) >= 2
         assert set(receiver.ids) == {report[0]["webhook_id"]}
@@ -195,15 +173,8 @@ def post_song(base: str, song: Path) -> requests.Response:
 
 
 def final_status(base: str, task_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        conversion: dict[str, Any] = requests.get(
-            f"{base}/api/public/v1/byId", params={"task_id": task_id}, timeout=10
-        ).json()["conversion"]
-        if conversion["status"] in ("COMPLETED", "FAILED"):
-            return conversion
-        threading.Event().wait(0.25)  # a client's polling interval
-    raise AssertionError(f"task {task_id} did not end")
+    """Poll the faults application (auth off) until the task ends."""
+    return poll(f"{base}/api/public/v1/byId", task_id, key=None, timeout_s=timeout_s)
 
 
 def test_overload_gets_a_fast_503_while_admitted_tasks_complete(
@@ -259,12 +230,14 @@ def test_a_model_that_failed_to_load_shows_in_healthz(service: Service, tmp_path
     try:
         deadline = time.monotonic() + 60
         body: dict[str, Any] = {}
+        pause = threading.Event()  # never set: only a polling interval
         while time.monotonic() < deadline:
             answer = requests.get(f"{service.url}/{name}/healthz", timeout=30)
             if answer.status_code == 503:
                 body = answer.json()
                 if separator_name("htdemucs_6s") in body["down"]:
                     break
+            pause.wait(0.25)
         down = body["down"][separator_name("htdemucs_6s")]
         assert "model 'htdemucs_6s' is not available" in down, down
     finally:

@@ -361,3 +361,31 @@ def test_urlencoded_form_keeps_the_limits(spool_dir: Path) -> None:
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert over_cap.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("limits", "body", "phrase"),
+    [
+        # python-multipart skips leading CRLFs itself (the CVE-2024-53981 flood): our cap.
+        (UploadLimits(max_preamble_bytes=100), b"\r\n" * 100 + b"--" + BOUNDARY.encode(), "first"),
+        (
+            UploadLimits(max_part_headers=2),
+            f"--{BOUNDARY}\r\n".encode() + b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n",
+            "more than 2 headers",
+        ),
+        (
+            UploadLimits(max_header_bytes=64),
+            f"--{BOUNDARY}\r\n".encode() + b"X-Long: " + b"y" * 100 + b"\r\n\r\n",
+            "header is longer than 64 bytes",
+        ),
+    ],
+    ids=["preamble", "part headers", "header line"],
+)
+def test_malformed_multipart_limits_are_400(
+    spool_dir: Path, limits: UploadLimits, body: bytes, phrase: str
+) -> None:
+    client = TestClient(make_app(spool_dir, limits))
+    response = client.post(PATH, content=body, headers={"content-type": CONTENT_TYPE})
+    assert response.status_code == 400, response.text
+    assert phrase in response.json()["error"]
+    assert list(spool_dir.iterdir()) == []

@@ -26,9 +26,11 @@ from tests.serve_app.conftest import (
     UPLOAD_CAP,
     Recorder,
     Service,
+    poll,
     samples_of,
     submit,
     wait_final,
+    webhook_settled,
     write_song,
 )
 
@@ -115,9 +117,9 @@ def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Re
     assert sent["status"] == "COMPLETED"
     assert sent["stems"] == conversion["stems"]
     # The delivery and its attempt are recorded with the task.
-    report = wait_final(service, created["task_id"])["webhook"]
-    while report[0]["state"] == "PENDING":  # the receiver answered; the record follows
-        report = wait_final(service, created["task_id"])["webhook"]
+    # The receiver has answered; the record of the attempt follows.
+    settled = poll(service.api("byId"), created["task_id"], until=webhook_settled)
+    report = settled["webhook"]
     assert report[0]["webhook_id"] == headers["webhook-id"]
     assert report[0]["state"] == "DELIVERED"
     assert [attempt["status_code"] for attempt in report[0]["attempts"]] == [204]
@@ -261,5 +263,5 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
     )
     conversion = wait_final(service, task_id, timeout_s=240)
     assert conversion["status"] == "COMPLETED", conversion["status_msg"]
-    record = store.get(task_id)
+    record = TaskStore(service.args.db_url()).get(task_id)
     assert record is not None and record.claims == 2
