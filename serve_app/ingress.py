@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from sqlalchemy.exc import OperationalError
 
 from models.audio import probe_duration
 from models.errors import AudioError
@@ -36,6 +37,7 @@ from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.settings import AppArgs
+from serve_app.storage import space_short, storage_fault
 from serve_app.tasks import (
     IdempotencyConflictError,
     IdempotencyKeyError,
@@ -142,6 +144,16 @@ async def _form_refused(_request: Request, failure: FormError) -> JSONResponse:
     return form_error_response(failure)
 
 
+@api.exception_handler(OSError)
+@api.exception_handler(OperationalError)
+async def _storage_failed(request: Request, failure: Exception) -> JSONResponse:
+    reason = storage_fault(failure)
+    if reason is None:
+        return await _internal(request, failure)
+    logger.warning("storage fault in the ingress: %s (%s)", reason, failure)
+    return error(503, f"the service cannot use its storage right now: {reason}")
+
+
 @api.exception_handler(Exception)
 async def _internal(_request: Request, failure: Exception) -> JSONResponse:
     logger.exception("unhandled error in the ingress", exc_info=failure)
@@ -166,6 +178,25 @@ class Ingress:
     async def extraction(self, request: Request) -> JSONResponse:
         """Create an extraction task; answers before any processing. With an
         `Idempotency-Key` header, a repeated request returns the first task."""
+        try:
+            return await self._extraction(request)
+        except (OSError, OperationalError) as failure:
+            reason = storage_fault(failure)
+            if reason is None:
+                raise
+            logger.warning("storage fault while creating a task: %s (%s)", reason, failure)
+            return self._unavailable(reason)
+
+    def _unavailable(self, reason: str) -> JSONResponse:
+        """503 when the task or its upload cannot be stored: nothing was kept, so the
+        caller may simply retry after Retry-After."""
+        return error(
+            503,
+            f"the service cannot store new work right now: {reason}; try again later",
+            headers={"Retry-After": str(self.args.limits.busy_retry_after_s)},
+        )
+
+    async def _extraction(self, request: Request) -> JSONResponse:
         owner = self.auth.owner(request.headers.get("authorization"))
         idempotency_key = request.headers.get("idempotency-key")
         if idempotency_key is not None:
@@ -188,6 +219,11 @@ class Ingress:
                 f"the service is busy ({queued} tasks waiting); try again later",
                 headers={"Retry-After": str(self.args.limits.busy_retry_after_s)},
             )
+        short = await asyncio.to_thread(
+            space_short, self.args.data_path(), self.args.limits.min_free_bytes
+        )
+        if short is not None:
+            return self._unavailable(short)
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(
             request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
@@ -211,6 +247,10 @@ class Ingress:
         except IdempotencyConflictError as failure:
             await asyncio.to_thread(self._discard_upload, spec)
             return error(422, str(failure), field="Idempotency-Key")
+        except BaseException:
+            # No task holds the upload (the database may be full): keep nothing.
+            await asyncio.to_thread(self._discard_upload, spec)
+            raise
         if not created:
             await asyncio.to_thread(self._discard_upload, spec)
         else:

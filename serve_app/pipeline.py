@@ -10,7 +10,10 @@ ends in FAILED with a message the caller can act on; tracebacks stay in the logs
 
 A segment whose Separator replica died is sent again; a replica shut down gracefully
 hands its running tasks back to the queue; the claim loop also wakes the webhook
-dispatcher (restarting it if it died) and runs the retention sweep.
+dispatcher (restarting it if it died) and runs the retention sweep. While the data
+folder is below its free-space reserve no new task is taken; a task that meets a full
+disk fails with that reason, and one that cannot even record its failure (the database
+is full) is taken again once its lease expires (serve_app/storage.py).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from serve_app.records import Status, TaskRecord
 from serve_app.retention import sweep, sweep_orphan_inputs
 from serve_app.separator import ModelShape, SegmentJob
 from serve_app.settings import AppArgs
+from serve_app.storage import space_short, storage_fault
 from serve_app.tasks import TaskStore
 from serve_app.webhooks import new_secret
 
@@ -69,11 +73,15 @@ INTERNAL_ERROR = "internal error while processing the task; it has been logged"
 
 
 def user_message(error: BaseException) -> str | None:
-    """What a caller may read about a failure: our own errors' messages; None for
-    anything else, whose internals stay in the logs."""
+    """What a caller may read about a failure: our own errors' messages and storage
+    faults (disk full, database unwritable); None for anything else, whose internals
+    stay in the logs."""
     cause = error.cause if isinstance(error, RayTaskError) else error
     if isinstance(cause, SeparationError | FetchError):
         return str(cause)
+    fault = storage_fault(cause)
+    if fault is not None:
+        return f"the service could not store the task's audio: {fault}; try again later"
     return None
 
 
@@ -197,6 +205,7 @@ class Pipeline:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.lost: dict[str, asyncio.Event] = {}  # set when a running task's lease is gone
         self.wakeup = asyncio.Event()
+        self.space_note: str | None = None  # why no new task is taken, while disk is short
         self.loop = asyncio.get_running_loop().create_task(self._claim_loop())
 
     async def wake(self) -> None:
@@ -235,13 +244,19 @@ class Pipeline:
                 if time.monotonic() - swept_at >= self.args.retention.sweep_every_s:
                     swept_at = time.monotonic()
                     await asyncio.to_thread(self._sweep)
-            except Exception:
-                logger.exception("pipeline claim loop: database or actor call failed")
+            except Exception as error:
+                fault = storage_fault(error)
+                if fault is None:
+                    logger.exception("pipeline claim loop: database or actor call failed")
+                else:
+                    logger.warning("pipeline claim loop: %s", fault)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_s)
             self.wakeup.clear()
 
     async def _fill(self) -> None:
+        if await asyncio.to_thread(self._space_short):
+            return
         while len(self.running) < self.settings.tasks_per_replica:
             record = await asyncio.to_thread(
                 self.store.claim, self.worker, self.settings.lease_s, payload=self._payload
@@ -251,6 +266,18 @@ class Pipeline:
             task = asyncio.get_running_loop().create_task(self._run(record))
             self.running[record.task_id] = task
             task.add_done_callback(functools.partial(self._done, record.task_id))
+
+    def _space_short(self) -> bool:
+        """Whether the data folder is below its free-space reserve; queued tasks then wait
+        (logged once as it starts and once as it ends) instead of failing for want of room."""
+        note = space_short(self.args.data_path(), self.args.limits.min_free_bytes)
+        if note != self.space_note:
+            if note is not None:
+                logger.warning("pipeline: taking no new task: %s", note)
+            else:
+                logger.info("pipeline: disk space is back; taking tasks again")
+            self.space_note = note
+        return note is not None
 
     def _sweep(self) -> None:
         """Delete the files of tasks past the retention time, and uploads no task uses
@@ -295,9 +322,8 @@ class Pipeline:
                 message = INTERNAL_ERROR
             else:
                 log.info("task %s: failed: %s", task_id, message)
-            await asyncio.to_thread(
-                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
-            )
+            if not await self._record_failure(task_id, message, log):
+                return
             status = "FAILED"
         finally:
             heartbeat.cancel()
@@ -306,12 +332,38 @@ class Pipeline:
         metrics.task_seconds().observe(time.monotonic() - started)
         self.dispatcher.wake.remote()
 
+    async def _record_failure(
+        self, task_id: str, message: str, log: logging.LoggerAdapter[logging.Logger]
+    ) -> bool:
+        """Mark the task FAILED; False when the database cannot be written either, in
+        which case the task keeps its claim and is taken again once its lease expires."""
+        try:
+            await asyncio.to_thread(
+                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
+            )
+        except Exception as error:
+            if storage_fault(error) is None:
+                raise
+            log.warning(
+                "task %s: could not record its failure (%s); it runs again once its lease expires",
+                task_id,
+                storage_fault(error),
+            )
+            return False
+        return True
+
     async def _keep_lease(self, task_id: str, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
-            held = await asyncio.to_thread(
-                self.store.renew, task_id, self.worker, self.settings.lease_s
-            )
+            try:
+                held = await asyncio.to_thread(
+                    self.store.renew, task_id, self.worker, self.settings.lease_s
+                )
+            except Exception as error:
+                # The database may be full for a while: keep trying; the task's own next
+                # write fails too and ends it.
+                logger.warning("task %s: could not renew its lease: %s", task_id, error)
+                continue
             if not held:
                 lost.set()
                 return

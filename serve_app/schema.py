@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.schema import CreateColumn
 
@@ -45,6 +45,7 @@ from serve_app.records import (
     TaskRecord,
     TaskSpec,
 )
+from serve_app.storage import reconnect_after
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -152,7 +153,8 @@ attempt_table = Table(
 
 
 def make_engine(url: str, *, busy_timeout_s: float) -> Engine:
-    """An engine for `url`; SQLite files are put in WAL mode so that processes share them."""
+    """An engine for `url`. SQLite files are put in WAL mode so that processes share them,
+    and a SQLite connection that failed in a way that leaves it read-only is replaced."""
     if make_url(url).get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})
@@ -168,7 +170,13 @@ def make_engine(url: str, *, busy_timeout_s: float) -> Engine:
         finally:
             cursor.close()
 
+    def replace_broken(context: ExceptionContext) -> None:
+        # Treated as a lost connection, the pool discards it and opens a new one.
+        if reconnect_after(context.original_exception):
+            context.is_disconnect = True
+
     event.listen(engine, "connect", tune)
+    event.listen(engine, "handle_error", replace_broken)
     return engine
 
 

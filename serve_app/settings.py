@@ -157,13 +157,17 @@ class OutboundSettings(Section):
 
 
 class LimitSettings(Section):
-    """Per-key request limits."""
+    """Per-key request limits, admission and the disk space reserve."""
 
     conversions_per_minute: int = Field(60, gt=0)  # MusicGPT's default
     # Admission: past this many tasks waiting, new ones get 503 + Retry-After rather
     # than an eta nobody wants. Each waiting task is a row and an upload on disk.
     max_queued_tasks: int = Field(1000, gt=0)
     busy_retry_after_s: int = Field(30, gt=0)
+    # Below this much free space in the data folder, new tasks get 503 + Retry-After and
+    # no replica starts a queued one, so running tasks keep room to store their stems
+    # (a 10-minute song's six WAV stems take about 640 MB).
+    min_free_bytes: int = Field(1024**3, ge=0)
 
 
 class RetentionSettings(Section):

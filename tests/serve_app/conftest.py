@@ -34,6 +34,9 @@ from serve_app.settings import (
     hash_key,
 )
 from serve_app.webhooks import new_secret
+from tests.serve_app.smalldisk import small_disk
+
+__all__ = ["small_disk"]  # a fixture for the storage tests
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210"

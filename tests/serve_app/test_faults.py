@@ -1,14 +1,18 @@
 """Faults and overload against the running service (issue 6): real processes of the
-application are killed or shut down, and every task still ends with its stems or a reason.
-Marked `faults`, so they can run alone: `pytest -m faults`."""
+application are killed or shut down, its disks fill up (small tmpfs mounts), and every task
+still ends with its stems or a reason. Marked `faults`, so they can run alone:
+`pytest -m faults`."""
 
 from __future__ import annotations
 
 import http.server
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from ray import serve
 from models.routing import load_routing
 from models.separate import ModelStore, separate_file
 from serve_app.app import build_app, separator_name
-from serve_app.records import Status
+from serve_app.records import Status, TaskRecord
 from serve_app.settings import (
     AppArgs,
     LimitSettings,
@@ -43,6 +47,7 @@ from tests.serve_app.conftest import (
     webhook_settled,
     write_song,
 )
+from tests.serve_app.smalldisk import SmallDisk, mount_small_disk
 
 pytestmark = pytest.mark.faults
 
@@ -243,3 +248,180 @@ def test_a_model_that_failed_to_load_shows_in_healthz(service: Service, tmp_path
     finally:
         serve.delete(name)
     assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
+
+
+DISK = "disk"
+MiB = 1 << 20
+
+
+@dataclass
+class DiskApp:
+    """The storage-fault application: its data folder and its database each on a small
+    disk of their own."""
+
+    base: str
+    args: AppArgs
+    data: SmallDisk
+    database: SmallDisk
+
+    def files_under(self, folder: str) -> list[Path]:
+        """Every file in a folder of the blob store."""
+        return [path for path in (self.data.folder / "blobs" / folder).rglob("*") if path.is_file()]
+
+    def task(self, task_id: str) -> TaskRecord:
+        """The task's row, read straight from the database."""
+        record = TaskStore(self.args.db_url()).get(task_id)
+        assert record is not None
+        return record
+
+
+@pytest.fixture(scope="module")
+def disk_app(
+    service: Service, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[DiskApp]:
+    """An application whose data folder (24 MiB, 4 MiB reserve) and database (4 MiB) are
+    small tmpfs mounts; one task at a time, short leases, auth off."""
+    folder = tmp_path_factory.mktemp("disk")
+    data = mount_small_disk(folder / "data", 24 * MiB)
+    try:
+        database = mount_small_disk(folder / "db", 4 * MiB)
+    except BaseException:
+        data.unmount()
+        raise
+    args = AppArgs(
+        data_dir=str(data.folder),
+        database_url=f"sqlite:///{database.folder / 'tasks.db'}",
+        model_dir=str(model_dir),
+        use_hub=False,
+        public_url=f"{service.url}/{DISK}",
+        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8",)),
+        limits=LimitSettings(busy_retry_after_s=7, min_free_bytes=4 * MiB),
+        pipeline=PipelineSettings(lease_s=4.0, poll_s=0.5, tasks_per_replica=1),
+    )
+    try:
+        serve.run(build_app(args), name=DISK, route_prefix=f"/{DISK}")
+        yield DiskApp(f"{service.url}/{DISK}", args, data, database)
+    finally:
+        serve.delete(DISK)
+        data.unmount()
+        database.unmount()
+
+
+class HeldSong:
+    """Serves a song over HTTP on loopback; the first GET of /held.wav sends half the
+    song, then waits for `release` before sending the rest."""
+
+    def __init__(self, song: bytes) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.held = False
+        source = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(song)))
+                self.end_headers()
+                half = len(song) // 2
+                self.wfile.write(song[:half])
+                self.wfile.flush()
+                if self.path == "/held.wav" and not source.held:
+                    source.held = True
+                    source.started.set()
+                    source.release.wait(60)
+                self.wfile.write(song[half:])
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def held_song(song: Path) -> Iterator[HeldSong]:
+    source = HeldSong(song.read_bytes())
+    yield source
+    source.close()
+
+
+def post_url(base: str, url: str) -> requests.Response:
+    return requests.post(
+        f"{base}/api/public/v1/Extraction",
+        data={"audio_url": url, "stems": '["drums"]'},
+        timeout=60,
+    )
+
+
+def assert_unavailable(answer: requests.Response, reason: str) -> None:
+    assert answer.status_code == 503, answer.text
+    assert reason in answer.json()["error"], answer.text
+    assert answer.headers["Retry-After"] == "7"
+
+
+def test_a_full_data_disk_refuses_new_work_fails_the_running_task_and_recovers(
+    disk_app: DiskApp, held_song: HeldSong, song: Path, tmp_path: Path
+) -> None:
+    base = disk_app.base
+    running = post_url(base, f"{held_song.url}/held.wav").json()["task_id"]
+    assert held_song.started.wait(60)  # the pipeline is downloading it
+    queued = post_url(base, f"{held_song.url}/song.wav").json()["task_id"]
+    # Room for the reserve but not for the upload: the spooled part is thrown away.
+    disk_app.data.fill(leave_bytes=5 * MiB)
+    big = tmp_path / "big.wav"
+    write_song(big, 40.0, seed=52)  # 7 MB
+    assert_unavailable(post_song(base, big), "the service's disk is full")
+    assert disk_app.files_under(".spool") == []
+    # Below the reserve: refused before the body is read.
+    disk_app.data.fill()
+    assert_unavailable(post_song(base, song), "disk is nearly full")
+    assert_unavailable(post_url(base, f"{held_song.url}/song.wav"), "disk is nearly full")
+    held_song.release.set()
+    failed = final_status(base, running)
+    assert failed["status"] == "FAILED"
+    assert "could not store the task's audio: the service's disk is full" in failed["status_msg"]
+    disk_app.data.empty()
+    # The task queued behind the failed one waited for space: run on a full disk, it
+    # would have failed like the first.
+    assert final_status(base, queued)["status"] == "COMPLETED"
+    fresh = post_song(base, song)
+    assert fresh.status_code == 200, fresh.text
+    assert final_status(base, fresh.json()["task_id"])["status"] == "COMPLETED"
+
+
+def test_a_full_database_refuses_new_work_and_the_running_task_completes_later(
+    disk_app: DiskApp, held_song: HeldSong, song: Path
+) -> None:
+    base = disk_app.base
+    task_id = post_url(base, f"{held_song.url}/held.wav").json()["task_id"]
+    assert held_song.started.wait(60)
+    inputs = disk_app.files_under("inputs")
+    with closing(sqlite3.connect(disk_app.args.db_url().removeprefix("sqlite:///"))) as db:
+        # Empty the write-ahead log, so that every next write needs new space.
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    disk_app.database.fill()
+    assert_unavailable(post_song(base, song), "the task database's disk is full")
+    assert disk_app.files_under("inputs") == inputs  # the refused upload is not kept
+    held_song.release.set()
+    # The task fails to write its progress, and cannot record a failure either...
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=DISK)
+    deadline = time.monotonic() + 60
+    pause = threading.Event()  # never set: only a polling interval
+    while task_id in pipeline.running_tasks.remote().result():
+        assert time.monotonic() < deadline, "the task did not stop"
+        pause.wait(0.1)
+    assert disk_app.task(task_id).status == Status.PROCESSING
+    # ...so once there is room again it is taken again when its lease expires.
+    disk_app.database.empty()
+    assert final_status(base, task_id)["status"] == "COMPLETED"
+    assert disk_app.task(task_id).claims == 2
+    fresh = post_song(base, song)
+    assert fresh.status_code == 200, fresh.text
+    assert final_status(base, fresh.json()["task_id"])["status"] == "COMPLETED"
