@@ -396,7 +396,8 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """The database and every deployment of this application: 200 when all are up,
-        else 503 naming what is down and why."""
+        else 503 naming what is down and why. A data folder below its free-space reserve is
+        reported under `warnings` (the service still serves status and files then)."""
         down: dict[str, str] = {}
         tasks: dict[str, int] = {}
         try:
@@ -406,9 +407,17 @@ class Ingress:
             logger.exception("health check: the task database does not answer")
             down["database"] = type(failure).__name__
         down.update(await asyncio.to_thread(self._deployments_down))
+        warnings = {}
+        short = await asyncio.to_thread(
+            space_short, self.args.data_path(), self.args.limits.min_free_bytes
+        )
+        if short is not None:
+            warnings["storage"] = short
         if down:
-            return JSONResponse({"status": "unhealthy", "down": down}, status_code=503)
-        return JSONResponse({"status": "ok", "tasks": tasks})
+            return JSONResponse(
+                {"status": "unhealthy", "down": down, "warnings": warnings}, status_code=503
+            )
+        return JSONResponse({"status": "ok", "tasks": tasks, "warnings": warnings})
 
     def _deployments_down(self) -> dict[str, str]:
         """Deployments of this application that Serve reports unhealthy or failing to

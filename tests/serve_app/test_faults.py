@@ -383,11 +383,15 @@ def test_a_full_data_disk_refuses_new_work_fails_the_running_task_and_recovers(
     disk_app.data.fill()
     assert_unavailable(post_song(base, song), "disk is nearly full")
     assert_unavailable(post_url(base, f"{held_song.url}/song.wav"), "disk is nearly full")
+    health = requests.get(f"{base}/healthz", timeout=30)
+    assert health.status_code == 200  # status and files are still served
+    assert "disk is nearly full" in health.json()["warnings"]["storage"]
     held_song.release.set()
     failed = final_status(base, running)
     assert failed["status"] == "FAILED"
     assert "could not store the task's audio: the service's disk is full" in failed["status_msg"]
     disk_app.data.empty()
+    assert requests.get(f"{base}/healthz", timeout=30).json()["warnings"] == {}
     # The task queued behind the failed one waited for space: run on a full disk, it
     # would have failed like the first.
     assert final_status(base, queued)["status"] == "COMPLETED"
