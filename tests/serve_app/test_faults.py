@@ -5,6 +5,7 @@ still ends with its stems or a reason. Marked `faults`, so they can run alone:
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import sqlite3
 import threading
@@ -377,7 +378,9 @@ def test_a_full_data_disk_refuses_new_work_fails_the_running_task_and_recovers(
     disk_app.data.fill(leave_bytes=5 * MiB)
     big = tmp_path / "big.wav"
     write_song(big, 40.0, seed=52)  # 7 MB
-    assert_unavailable(post_song(base, big), "the service's disk is full")
+    # Answered and closed before the client had sent it all is also a refusal.
+    with contextlib.suppress(requests.ConnectionError):
+        assert_unavailable(post_song(base, big), "the service's disk is full")
     assert disk_app.files_under(".spool") == []
     # Below the reserve: refused before the body is read.
     disk_app.data.fill()
