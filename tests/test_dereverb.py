@@ -60,9 +60,9 @@ def test_late_tail_falls_6db(
     assert energy_db(wet - target) - energy_db(dry - target) >= 6.0
 
 
-@pytest.mark.parametrize(("rt60", "measured"), [(0.6, 5.0), (1.2, 5.8)])
+@pytest.mark.parametrize(("rt60", "measured"), [(0.6, 5.5), (1.2, 6.0)])
 def test_late_tail_falls_on_other_music_and_rooms(rt60: float, measured: float) -> None:
-    """Seed 1 of both the music and the room: 5.6 dB at 0.6 s and 6.3 dB at 1.2 s were
+    """Seed 1 of both the music and the room: 5.8 dB at 0.6 s and 6.3 dB at 1.2 s were
     measured, so the 6 dB bar at 0.6 s holds for seed 0 only; this keeps the margin."""
     music = render_music(10, RATE, seed=1)
     wet, target = reverberant(music, rt60, seed=1)
