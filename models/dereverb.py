@@ -59,7 +59,7 @@ Samples = npt.NDArray[np.float32]
 ESTIMATE_BLOCK = 64  # frames per block of the estimation sample
 FREQUENCY_CHUNK = 128  # bins per batch when gathering the delayed frames
 DETECT_RAMP_DB = 3.0
-MAX_CHANNELS = 8
+MAX_CHANNELS = 8  # predicted jointly; more channels go in groups of this many
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,25 @@ def dereverb(
     target = step_device(device)
     if not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 384000:
         raise PreprocessError(f"sample rate must be 8000 to 384000 Hz, got {sample_rate!r}")
-    if audio.ndim != 2 or not 1 <= audio.shape[0] <= MAX_CHANNELS:
-        raise AudioError(f"audio must be (channels, frames) with 1 to {MAX_CHANNELS} channels")
+    if audio.ndim != 2 or audio.shape[0] < 1:
+        raise AudioError("audio must be (channels, frames) with at least one channel")
     if not np.all(np.isfinite(audio)):
         raise AudioError("audio holds NaN or infinite samples")
     geometry = Geometry.of(options, sample_rate)
     result = audio.astype(np.float32, copy=True)
     if audio.shape[1] >= geometry.n_fft and np.any(audio):
-        result = _dereverb_tensor(
-            torch.from_numpy(result).to(target), geometry, options, sample_rate
+        # Channels are predicted jointly in groups of at most MAX_CHANNELS: the normal
+        # equations grow with the square of channels times taps.
+        result = np.concatenate(
+            [
+                _dereverb_tensor(
+                    torch.from_numpy(result[first : first + MAX_CHANNELS]).to(target),
+                    geometry,
+                    options,
+                    sample_rate,
+                )
+                for first in range(0, result.shape[0], MAX_CHANNELS)
+            ]
         )
     return limit_peak(result)
 

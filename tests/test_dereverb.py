@@ -144,6 +144,17 @@ def test_unknown_or_missing_device_is_refused() -> None:
             dereverb(np.zeros((2, 100), dtype=np.float32), RATE, device="cuda")
 
 
+def test_more_channels_than_one_group_are_dereverberated_in_groups(clean: Samples) -> None:
+    wet, _ = reverberant(clean[:, : RATE * 3], 1.2)
+    ten = np.concatenate([wet] * 5)  # 10 channels: a group of 8 and a group of 2
+    result = dereverb(ten, RATE)
+    assert result.shape == ten.shape
+    assert np.max(np.abs(result)) < 1.0  # no scaling as a whole: the groups compare alone
+    np.testing.assert_allclose(result[:8], dereverb(ten[:8], RATE), atol=1e-6)
+    np.testing.assert_allclose(result[8:], dereverb(wet, RATE), atol=1e-6)
+    assert energy_db(result - ten) > energy_db(ten) - 30  # the tail was taken out
+
+
 def test_bad_sample_rate_and_audio_are_refused() -> None:
     with pytest.raises(PreprocessError, match="sample rate"):
         dereverb(np.zeros((2, 100), dtype=np.float32), 100)
