@@ -22,9 +22,10 @@ def music() -> np.ndarray:
 
 
 # The bar of issue 3 (6 dB), not lowered. Spectral gating reaches 5.0, 3.7, 5.1 and 4.0 dB
-# here (white 5, white 10, pink 5, pink 10); even masks computed from the true clean signal
-# reach only about 5.5 dB at this resolution, so no gate can pass. Strict: the day a
-# method passes, these tests fail until the mark is removed.
+# here (white 5, white 10, pink 5, pink 10); masks computed from the true clean signal
+# would reach 7 to 9 dB, but no blind single-channel estimator tried gets past about 4 dB at
+# 10 dB SNR (issue 3's notes). Strict: the day a method passes, these tests fail until the
+# mark is removed.
 @pytest.mark.xfail(strict=True, reason="issue 3: spectral gating stays below the 6 dB bar")
 @pytest.mark.parametrize("snr_db", [5.0, 10.0])
 @pytest.mark.parametrize("colour", ["white", "pink"])
