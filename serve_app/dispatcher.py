@@ -19,6 +19,7 @@ import aiohttp
 from serve_app import webhooks
 from serve_app.netguard import DEFAULT_POLICY, OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState, Outbox
+from serve_app.storage import storage_fault
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,13 @@ class WebhookDispatcher:
             self._wakeup.clear()
             try:
                 await self._pass()
-            except Exception:
+            except Exception as error:
                 # The outbox may be briefly unreachable; the next pass tries again.
-                logger.exception("webhook dispatch pass failed")
+                fault = storage_fault(error)
+                if fault is None:
+                    logger.exception("webhook dispatch pass failed")
+                else:
+                    logger.warning("webhook dispatch pass failed: %s", fault)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_s)
 
