@@ -255,11 +255,13 @@ def test_body_over_the_cap_is_413_without_buffering(strict: Strict) -> None:
     assert send_streamed(strict, 256) in (413, None)
     strict.healthy_within_a_second()
     # Buffering would grow a process by the body's 256 MB; the proxy and the replica
-    # keep a few chunks in flight (measured: 3 to 33 MB), never the body.
+    # keep a few chunks in flight, never the body. Measured: 3 to 71 MB (the proxy, which
+    # every application of the session shares, also holds allocator slack), so the bound
+    # is half the body: well clear of that noise, and far below what buffering would add.
     ingress_grown = replica_rss(f"ServeReplica:{STRICT}:Ingress") - ingress_before
     proxy_grown = replica_rss("ProxyActor") - proxy_before
-    assert ingress_grown < 64 * 1024**2, ingress_grown
-    assert proxy_grown < 64 * 1024**2, proxy_grown
+    assert ingress_grown < 128 * 1024**2, ingress_grown
+    assert proxy_grown < 128 * 1024**2, proxy_grown
     spool = Path(strict.args.data_dir) / "blobs" / ".spool"
     assert not spool.exists() or not any(spool.iterdir())
 
