@@ -19,7 +19,7 @@ import aiohttp
 from serve_app import webhooks
 from serve_app.netguard import DEFAULT_POLICY, OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState, Outbox
-from serve_app.storage import storage_fault
+from serve_app.storage import log_loop_failure
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +117,7 @@ class WebhookDispatcher:
                 await self._pass()
             except Exception as error:
                 # The outbox may be briefly unreachable; the next pass tries again.
-                fault = storage_fault(error)
-                if fault is None:
-                    logger.exception("webhook dispatch pass failed")
-                else:
-                    logger.warning("webhook dispatch pass failed: %s", fault)
+                log_loop_failure(logger, "webhook dispatch pass", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_s)
 

@@ -219,9 +219,7 @@ class Ingress:
                 f"the service is busy ({queued} tasks waiting); try again later",
                 headers={"Retry-After": str(self.args.limits.busy_retry_after_s)},
             )
-        short = await asyncio.to_thread(
-            space_short, self.args.data_path(), self.args.limits.min_free_bytes
-        )
+        short = await asyncio.to_thread(self._space_short)
         if short is not None:
             return self._unavailable(short)
         spool = self.blobs.spool_dir()
@@ -267,6 +265,10 @@ class Ingress:
                 "credit_estimate": record.spec.credit_estimate,
             }
         )
+
+    def _space_short(self) -> str | None:
+        """Why the data folder cannot take new work (below its free-space reserve)."""
+        return space_short(self.args.data_path(), self.args.limits.min_free_bytes)
 
     def _discard_upload(self, spec: TaskSpec) -> None:
         """Delete the upload of a request that made no task (a repeat, or refused)."""
@@ -408,9 +410,7 @@ class Ingress:
             down["database"] = type(failure).__name__
         down.update(await asyncio.to_thread(self._deployments_down))
         warnings = {}
-        short = await asyncio.to_thread(
-            space_short, self.args.data_path(), self.args.limits.min_free_bytes
-        )
+        short = await asyncio.to_thread(self._space_short)
         if short is not None:
             warnings["storage"] = short
         if down:

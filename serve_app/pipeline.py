@@ -52,7 +52,7 @@ from serve_app.records import Status, TaskRecord
 from serve_app.retention import sweep, sweep_orphan_inputs
 from serve_app.separator import ModelShape, SegmentJob
 from serve_app.settings import AppArgs
-from serve_app.storage import space_short, storage_fault
+from serve_app.storage import log_loop_failure, space_short, storage_fault
 from serve_app.tasks import TaskStore
 from serve_app.webhooks import new_secret
 
@@ -245,11 +245,7 @@ class Pipeline:
                     swept_at = time.monotonic()
                     await asyncio.to_thread(self._sweep)
             except Exception as error:
-                fault = storage_fault(error)
-                if fault is None:
-                    logger.exception("pipeline claim loop: database or actor call failed")
-                else:
-                    logger.warning("pipeline claim loop: %s", fault)
+                log_loop_failure(logger, "pipeline claim loop (database or actor call)", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_s)
             self.wakeup.clear()
@@ -342,12 +338,13 @@ class Pipeline:
                 self.store.fail, task_id, message, worker=self.worker, payload=self._payload
             )
         except Exception as error:
-            if storage_fault(error) is None:
+            fault = storage_fault(error)
+            if fault is None:
                 raise
             log.warning(
                 "task %s: could not record its failure (%s); it runs again once its lease expires",
                 task_id,
-                storage_fault(error),
+                fault,
             )
             return False
         return True

@@ -14,6 +14,7 @@ the pool replaces it instead of failing forever after the cause is mended.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -30,8 +31,6 @@ SQLITE_READONLY = 8
 SQLITE_IOERR = 10
 SQLITE_FULL = 13
 SQLITE_CANTOPEN = 14
-# PostgreSQL's SQLSTATE class 53: insufficient resources (disk full, out of memory).
-POSTGRES_RESOURCES = "53"
 
 
 def storage_fault(error: BaseException) -> str | None:
@@ -51,14 +50,23 @@ def storage_fault(error: BaseException) -> str | None:
 
 def _database_fault(cause: BaseException | None) -> str:
     code = sqlite_code(cause)
-    sqlstate = str(getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None) or "")
-    if code == SQLITE_FULL or sqlstate.startswith(POSTGRES_RESOURCES):
+    if code == SQLITE_FULL:
         return "the task database's disk is full"
     if code in (SQLITE_READONLY, SQLITE_PERM, SQLITE_CANTOPEN):
         return "the task database cannot be written"
     if code == SQLITE_IOERR:
         return "the task database had a disk error"
     return "the task database is unavailable"
+
+
+def log_loop_failure(logger: logging.Logger, loop: str, error: Exception) -> None:
+    """Log a failed pass of a background loop: one line for a storage fault, which
+    repeats every pass until it is mended; a traceback for anything else."""
+    fault = storage_fault(error)
+    if fault is None:
+        logger.exception("%s failed", loop, exc_info=error)
+    else:
+        logger.warning("%s failed: %s", loop, fault)
 
 
 def sqlite_code(error: BaseException | None) -> int | None:

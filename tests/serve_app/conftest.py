@@ -245,11 +245,21 @@ def kill_replica(app: str, deployment: str) -> None:
 
 def wait_running(app: str, task_ids: list[str]) -> None:
     """Block until the Pipeline works on every one of `task_ids`."""
+    _wait_pipeline(app, lambda running: set(task_ids) <= running, "tasks did not start")
+
+
+def wait_stopped(app: str, task_id: str) -> None:
+    """Block until the Pipeline no longer works on `task_id`."""
+    _wait_pipeline(app, lambda running: task_id not in running, "the task did not stop")
+
+
+def _wait_pipeline(app: str, done: Callable[[set[str]], bool], failure: str) -> None:
+    """Poll the Pipeline's running tasks until `done(running)`, for at most a minute."""
     pipeline = serve.get_deployment_handle("Pipeline", app_name=app)
     deadline = time.monotonic() + 60
     pause = threading.Event()  # never set: only a polling interval
-    while not set(task_ids) <= set(pipeline.running_tasks.remote().result()):
-        assert time.monotonic() < deadline, "tasks did not start"
+    while not done(set(pipeline.running_tasks.remote().result())):
+        assert time.monotonic() < deadline, failure
         pause.wait(0.05)
 
 

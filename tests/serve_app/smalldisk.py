@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,14 @@ class SmallDisk:
         """Mend and unmount (lazily: a process may still hold a file open)."""
         self.thaw()
         subprocess.run(["umount", "-l", str(self.folder)], check=True)
+
+
+def empty_write_ahead_log(database: Path) -> None:
+    """Checkpoint a SQLite database's write-ahead log and cut it to nothing, so that its
+    next write needs new space (a log that already has room would take it)."""
+    with closing(sqlite3.connect(database)) as connection:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0, "a reader or writer kept the checkpoint from finishing"
 
 
 def mount_small_disk(folder: Path, size_bytes: int) -> SmallDisk:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +43,11 @@ from tests.serve_app.conftest import (
     submit,
     wait_final,
     wait_running,
+    wait_stopped,
     webhook_settled,
     write_song,
 )
-from tests.serve_app.smalldisk import SmallDisk, mount_small_disk
+from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log, mount_small_disk
 
 pytestmark = pytest.mark.faults
 
@@ -410,20 +409,13 @@ def test_a_full_database_refuses_new_work_and_the_running_task_completes_later(
     task_id = post_url(base, f"{held_song.url}/held.wav").json()["task_id"]
     assert held_song.started.wait(60)
     inputs = disk_app.files_under("inputs")
-    with closing(sqlite3.connect(disk_app.args.db_url().removeprefix("sqlite:///"))) as db:
-        # Empty the write-ahead log, so that every next write needs new space.
-        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    empty_write_ahead_log(disk_app.database.folder / "tasks.db")
     disk_app.database.fill()
     assert_unavailable(post_song(base, song), "the task database's disk is full")
     assert disk_app.files_under("inputs") == inputs  # the refused upload is not kept
     held_song.release.set()
     # The task fails to write its progress, and cannot record a failure either...
-    pipeline = serve.get_deployment_handle("Pipeline", app_name=DISK)
-    deadline = time.monotonic() + 60
-    pause = threading.Event()  # never set: only a polling interval
-    while task_id in pipeline.running_tasks.remote().result():
-        assert time.monotonic() < deadline, "the task did not stop"
-        pause.wait(0.1)
+    wait_stopped(DISK, task_id)
     assert disk_app.task(task_id).status == Status.PROCESSING
     # ...so once there is room again it is taken again when its lease expires.
     disk_app.database.empty()

@@ -4,7 +4,9 @@ works again, on the same connections, once they are mended."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -13,13 +15,16 @@ from pathlib import Path
 import pytest
 from ray.exceptions import RayTaskError
 from sqlalchemy.exc import OperationalError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from models.errors import AudioError
+from serve_app.ingress import _storage_failed as ingress_storage_failed
 from serve_app.pipeline import user_message
 from serve_app.records import Status
 from serve_app.storage import reconnect_after, space_short, sqlite_code, storage_fault
 from serve_app.tasks import TaskStore
-from tests.serve_app.smalldisk import SmallDisk
+from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log
 from tests.serve_app.test_tasks import spec
 
 MiB = 1 << 20
@@ -60,6 +65,13 @@ def test_other_storage_errnos_are_named(code: int, fault: str) -> None:
 def test_other_failures_are_not_storage_faults(failure: Exception) -> None:
     assert storage_fault(failure) is None
     assert user_message(failure) is None
+    assert answer_of(failure).status_code == 500
+
+
+def answer_of(failure: Exception) -> Response:
+    """The ingress's answer when a route raises `failure` (its exception handler)."""
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    return asyncio.run(ingress_storage_failed(request, failure))
 
 
 def test_our_own_errors_keep_their_message_even_from_a_remote_call() -> None:
@@ -88,14 +100,15 @@ def test_a_full_database_disk_fails_writes_cleanly_and_recovers(
     disk = small_disk(tmp_path / "db", 2 * MiB)
     store = TaskStore(f"sqlite:///{disk.folder / 'tasks.db'}")
     kept = store.create(spec())
-    with sqlite3.connect(disk.folder / "tasks.db") as outside:
-        # Empty the write-ahead log, so the next write needs new space.
-        assert outside.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    empty_write_ahead_log(disk.folder / "tasks.db")
     disk.fill()
     with pytest.raises(OperationalError) as raised:
         store.create(spec())
     assert sqlite_code(raised.value.orig) == 13  # SQLITE_FULL
     assert storage_fault(raised.value) == "the task database's disk is full"
+    answer = answer_of(raised.value)  # as any ingress route would answer it
+    assert answer.status_code == 503
+    assert "the task database's disk is full" in json.loads(bytes(answer.body))["error"]
     assert store.counts()[Status.IN_QUEUE] == 1  # reads go on; nothing half-written
     disk.empty()
     store.create(spec())
