@@ -1,15 +1,16 @@
-"""Tests for the webhook dispatcher: real HTTP to an aiohttp receiver on 127.0.0.1, with an
-in-memory outbox standing in for the SQL task store."""
+"""Tests for the webhook dispatcher: real HTTP to an aiohttp receiver on 127.0.0.1, and the
+real task store's outbox on a SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from types import TracebackType
 
 import pytest
@@ -17,7 +18,8 @@ from aiohttp import web
 
 from serve_app.dispatcher import WebhookDispatcher
 from serve_app.netguard import OutboundPolicy
-from serve_app.records import Attempt, Delivery, DeliveryState
+from serve_app.records import Attempt, Delivery, DeliveryState, TaskRecord, TaskSpec
+from serve_app.tasks import TaskStore
 from serve_app.webhooks import RetrySchedule, new_secret, verify
 
 SECRET = new_secret()
@@ -26,49 +28,61 @@ SHORT = RetrySchedule(delays_s=(0.05, 0.05), jitter=0.0, timeout_s=2.0)
 WAIT_S = 5.0  # generous upper bound for anything here; the tests take milliseconds
 
 
-class MemoryOutbox:
-    """The Outbox protocol over a dict: a stand-in for the database only."""
+class Outbox(TaskStore):
+    """The real task store on a SQLite file. `add` queues a webhook the way a finished
+    task does; `polled` is set after each look for due deliveries, the tests' one view
+    into the dispatcher's loop."""
 
-    def __init__(self) -> None:
-        self._deliveries: dict[str, Delivery] = {}
-        self._lock = threading.Lock()
-        self.records: list[tuple[Attempt, DeliveryState, datetime | None]] = []
+    def __init__(self, folder: Path) -> None:
+        super().__init__(f"sqlite:///{folder / 'tasks.db'}")
         self.polled = threading.Event()
+        self._task_of: dict[str, str] = {}
 
-    def add(self, delivery: Delivery) -> None:
-        with self._lock:
-            self._deliveries[delivery.delivery_id] = delivery
+    def add(self, url: str) -> Delivery:
+        """A task that completes with `url` as its webhook; its delivery, now due."""
+        record = self.create(
+            TaskSpec(
+                owner="alice",
+                stems=("drums",),
+                preprocessing=(),
+                output_format="wav",
+                audio_url=None,
+                input_key="inputs/x/audio.wav",
+                webhook_url=url,
+                duration_s=1.0,
+                eta_s=1.0,
+                credit_estimate=0.0,
+            )
+        )
+        assert self.claim("test", 60.0) is not None
+        self.complete(record.task_id, "test", {}, duration_s=1.0, conversion_cost=0.0, payload=body)
+        (delivery,) = self.deliveries(record.task_id)
+        self._task_of[delivery.delivery_id] = record.task_id
+        return delivery
 
-    def get(self, delivery_id: str) -> Delivery:
-        with self._lock:
-            return self._deliveries[delivery_id]
+    def delivery(self, delivery_id: str) -> Delivery:
+        """A delivery as stored now, with its attempts."""
+        (delivery,) = self.deliveries(self._task_of[delivery_id])
+        return delivery
 
     def due_deliveries(self, now: datetime, limit: int = 100) -> list[Delivery]:
-        with self._lock:
-            due = [
-                delivery
-                for delivery in self._deliveries.values()
-                if delivery.state is DeliveryState.PENDING and delivery.next_attempt_at <= now
-            ]
+        due = super().due_deliveries(now, limit)
         self.polled.set()
-        return sorted(due, key=lambda delivery: delivery.next_attempt_at)[:limit]
+        return due
 
-    def record_attempt(
-        self,
-        delivery_id: str,
-        attempt: Attempt,
-        state: DeliveryState,
-        next_attempt_at: datetime | None,
-    ) -> None:
-        with self._lock:
-            current = self._deliveries[delivery_id]
-            self._deliveries[delivery_id] = replace(
-                current,
-                state=state,
-                attempts=(*current.attempts, attempt),
-                next_attempt_at=next_attempt_at or current.next_attempt_at,
-            )
-            self.records.append((attempt, state, next_attempt_at))
+
+def body(record: TaskRecord) -> str:
+    """A webhook body with a non-ASCII title: it must go out byte for byte as stored."""
+    return json.dumps(
+        {"conversion": {"task_id": record.task_id, "title": "Ça ira"}}, ensure_ascii=False
+    )
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    store = Outbox(tmp_path)
+    yield store
+    store.close()
 
 
 @dataclass(frozen=True)
@@ -144,21 +158,8 @@ class Receiver:
         return web.Response(status=status, headers=self.headers)
 
 
-def pending(delivery_id: str, url: str) -> Delivery:
-    return Delivery(
-        delivery_id=delivery_id,
-        task_id=f"task-{delivery_id}",
-        url=url,
-        payload=json.dumps(
-            {"conversion": {"task_id": delivery_id, "title": "Ça ira"}}, ensure_ascii=False
-        ),
-        state=DeliveryState.PENDING,
-        next_attempt_at=datetime.now(UTC),
-    )
-
-
 def dispatcher(
-    outbox: MemoryOutbox,
+    outbox: Outbox,
     schedule: RetrySchedule = SHORT,
     *,
     poll_s: float = 5.0,
@@ -177,22 +178,20 @@ def dispatcher(
     )
 
 
-def test_delivers_on_the_first_try() -> None:
-    outbox = MemoryOutbox()
+def test_delivers_on_the_first_try(outbox: Outbox) -> None:
     seen: list[Attempt] = []
 
-    async def scenario() -> None:
+    async def scenario() -> Delivery:
         async with Receiver() as receiver:
-            delivery = pending("d1", receiver.url)
-            outbox.add(delivery)
+            delivery = outbox.add(receiver.url)
             webhooks = dispatcher(outbox, on_attempt=seen.append)
             await webhooks.drain(WAIT_S)
             assert await webhooks.stats() == {"delivered": 1, "retry": 0, "failed": 0}
             await webhooks.close()
             assert [hit.body for hit in receiver.hits] == [delivery.payload.encode()]
+            return delivery
 
-    asyncio.run(scenario())
-    stored = outbox.get("d1")
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
     assert stored.state is DeliveryState.DELIVERED
     assert [(a.number, a.outcome, a.status_code) for a in stored.attempts] == [
         (1, "delivered", 200)
@@ -200,24 +199,22 @@ def test_delivers_on_the_first_try() -> None:
     assert list(stored.attempts) == seen
 
 
-def test_retries_a_failing_receiver_with_the_same_id_until_delivered() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
-        async with Receiver({"d1": [500, 500]}) as receiver:
-            delivery = pending("d1", receiver.url)
-            outbox.add(delivery)
+def test_retries_a_failing_receiver_with_the_same_id_until_delivered(outbox: Outbox) -> None:
+    async def scenario() -> Delivery:
+        async with Receiver() as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [500, 500]
             webhooks = dispatcher(outbox)
             await webhooks.drain(WAIT_S)
             assert await webhooks.stats() == {"delivered": 1, "retry": 2, "failed": 0}
             await webhooks.close()
-            assert [hit.webhook_id for hit in receiver.hits] == ["d1"] * 3
+            assert [hit.webhook_id for hit in receiver.hits] == [delivery.delivery_id] * 3
             assert {hit.body for hit in receiver.hits} == {delivery.payload.encode()}
             gaps = [later.at - earlier.at for earlier, later in pairwise(receiver.hits)]
             assert all(gap >= 0.045 for gap in gaps), gaps
+            return delivery
 
-    asyncio.run(scenario())
-    stored = outbox.get("d1")
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
     assert stored.state is DeliveryState.DELIVERED
     assert [(a.number, a.outcome, a.status_code) for a in stored.attempts] == [
         (1, "retry", 500),
@@ -226,127 +223,116 @@ def test_retries_a_failing_receiver_with_the_same_id_until_delivered() -> None:
     ]
 
 
-def test_gives_up_after_the_last_scheduled_attempt() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
-        async with Receiver({"d1": [500] * 10}) as receiver:
-            outbox.add(pending("d1", receiver.url))
+def test_gives_up_after_the_last_scheduled_attempt(outbox: Outbox) -> None:
+    async def scenario() -> Delivery:
+        async with Receiver() as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [500] * 10
             webhooks = dispatcher(outbox)
             await webhooks.drain(WAIT_S)
             await webhooks.close()
             assert len(receiver.hits) == len(SHORT.delays_s) + 1
+            return delivery
 
-    asyncio.run(scenario())
-    stored = outbox.get("d1")
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
     assert stored.state is DeliveryState.FAILED
     assert [a.outcome for a in stored.attempts] == ["retry", "retry", "failed"]
     assert stored.attempts[-1].error == "HTTP 500; gave up after 3 attempts"
 
 
-def test_gone_stops_after_one_attempt() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
-        async with Receiver({"d1": [410]}) as receiver:
-            outbox.add(pending("d1", receiver.url))
+def test_gone_stops_after_one_attempt(outbox: Outbox) -> None:
+    async def scenario() -> Delivery:
+        async with Receiver() as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [410]
             webhooks = dispatcher(outbox)
             await webhooks.drain(WAIT_S)
             await webhooks.close()
             assert len(receiver.hits) == 1
+            return delivery
 
-    asyncio.run(scenario())
-    stored = outbox.get("d1")
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
     assert stored.state is DeliveryState.FAILED
     assert [(a.outcome, a.status_code) for a in stored.attempts] == [("failed", 410)]
 
 
-def test_retry_after_postpones_the_next_attempt() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
-        async with Receiver({"d1": [429]}, headers={"Retry-After": "1"}) as receiver:
-            outbox.add(pending("d1", receiver.url))
+def test_retry_after_postpones_the_next_attempt(outbox: Outbox) -> None:
+    async def scenario() -> Delivery:
+        async with Receiver(headers={"Retry-After": "1"}) as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [429]
             webhooks = dispatcher(outbox)
             await webhooks.drain(WAIT_S)
             await webhooks.close()
             assert receiver.hits[1].at - receiver.hits[0].at >= 0.99
+            return delivery
 
-    asyncio.run(scenario())
-    first, state, next_attempt_at = outbox.records[0]
-    assert state is DeliveryState.PENDING
-    assert next_attempt_at is not None
-    assert next_attempt_at - first.at >= timedelta(seconds=1)
-    assert outbox.get("d1").state is DeliveryState.DELIVERED
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
+    assert stored.state is DeliveryState.DELIVERED
+    first, second = stored.attempts
+    assert first.outcome == "retry" and first.status_code == 429
+    assert second.at - first.at >= timedelta(seconds=0.99)  # not the schedule's 0.05 s
 
 
-def test_a_restarted_dispatcher_sends_what_the_last_one_left_pending() -> None:
-    outbox = MemoryOutbox()
+def test_a_restarted_dispatcher_sends_what_the_last_one_left_pending(outbox: Outbox) -> None:
     slow_retry = RetrySchedule(delays_s=(0.3,), jitter=0.0, timeout_s=2.0)
 
-    async def scenario() -> None:
-        async with Receiver({"d1": [503]}) as receiver:
-            outbox.add(pending("d1", receiver.url))
+    async def scenario() -> Delivery:
+        async with Receiver() as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [503]
             crashed = dispatcher(outbox, slow_retry, poll_s=60)
             await crashed.start()
             await receiver.hits_reach(1)
             await crashed.close()
-            assert outbox.get("d1").state is DeliveryState.PENDING
+            assert outbox.delivery(delivery.delivery_id).state is DeliveryState.PENDING
 
             restarted = dispatcher(outbox, slow_retry, poll_s=60)
             await restarted.drain(WAIT_S)
             await restarted.close()
-            assert [hit.webhook_id for hit in receiver.hits] == ["d1", "d1"]
+            assert [hit.webhook_id for hit in receiver.hits] == [delivery.delivery_id] * 2
+            return delivery
 
-    asyncio.run(scenario())
-    stored = outbox.get("d1")
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
     assert stored.state is DeliveryState.DELIVERED
     assert [(a.number, a.outcome) for a in stored.attempts] == [(1, "retry"), (2, "delivered")]
 
 
-def test_start_picks_up_what_is_already_due() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
+def test_start_picks_up_what_is_already_due(outbox: Outbox) -> None:
+    async def scenario() -> list[Delivery]:
         async with Receiver() as receiver:
-            outbox.add(pending("d1", receiver.url))
-            outbox.add(pending("d2", receiver.url))
+            deliveries = [outbox.add(receiver.url), outbox.add(receiver.url)]
             # A minute between polls: only the pass on start can send these in time.
             webhooks = dispatcher(outbox, poll_s=60)
             await webhooks.start()
             await receiver.hits_reach(2)
             await webhooks.close()
+            return deliveries
 
-    asyncio.run(scenario())
-    assert outbox.get("d1").state is DeliveryState.DELIVERED
-    assert outbox.get("d2").state is DeliveryState.DELIVERED
+    for delivery in asyncio.run(scenario()):
+        assert outbox.delivery(delivery.delivery_id).state is DeliveryState.DELIVERED
 
 
-def test_wake_sends_a_new_delivery_without_waiting_for_the_poll() -> None:
-    outbox = MemoryOutbox()
-
-    async def scenario() -> None:
+def test_wake_sends_a_new_delivery_without_waiting_for_the_poll(outbox: Outbox) -> None:
+    async def scenario() -> Delivery:
         async with Receiver() as receiver:
             webhooks = dispatcher(outbox, poll_s=60)
             await webhooks.start()
             await asyncio.to_thread(outbox.polled.wait, WAIT_S)
-            outbox.add(pending("d1", receiver.url))
+            delivery = await asyncio.to_thread(outbox.add, receiver.url)
             await webhooks.wake()
             await receiver.hits_reach(1)
             await webhooks.close()
+            return delivery
 
-    asyncio.run(scenario())
-    assert outbox.get("d1").state is DeliveryState.DELIVERED
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
+    assert stored.state is DeliveryState.DELIVERED
 
 
-def test_sends_at_most_concurrency_at_once_and_each_delivery_once() -> None:
-    outbox = MemoryOutbox()
-    ids = [f"d{n}" for n in range(6)]
-
-    async def scenario() -> None:
+def test_sends_at_most_concurrency_at_once_and_each_delivery_once(outbox: Outbox) -> None:
+    async def scenario() -> list[str]:
         async with Receiver(hold_s=0.05) as receiver:
-            for delivery_id in ids:
-                outbox.add(pending(delivery_id, receiver.url))
+            ids = [outbox.add(receiver.url).delivery_id for _ in range(6)]
             # The loop polls constantly while drain runs passes too: neither may send a
             # delivery that is already in flight.
             webhooks = dispatcher(outbox, poll_s=0.01, concurrency=2)
@@ -354,15 +340,16 @@ def test_sends_at_most_concurrency_at_once_and_each_delivery_once() -> None:
             await webhooks.drain(WAIT_S)
             await webhooks.close()
             assert receiver.most_active == 2
-            assert sorted(hit.webhook_id for hit in receiver.hits) == ids
+            assert sorted(hit.webhook_id for hit in receiver.hits) == sorted(ids)
+            return ids
 
-    asyncio.run(scenario())
-    assert all(outbox.get(delivery_id).state is DeliveryState.DELIVERED for delivery_id in ids)
+    for delivery_id in asyncio.run(scenario()):
+        assert outbox.delivery(delivery_id).state is DeliveryState.DELIVERED
 
 
-def test_start_twice_runs_one_loop_and_close_stops_it() -> None:
+def test_start_twice_runs_one_loop_and_close_stops_it(outbox: Outbox) -> None:
     async def scenario() -> None:
-        webhooks = dispatcher(MemoryOutbox(), poll_s=60)
+        webhooks = dispatcher(outbox, poll_s=60)
         await webhooks.start()
         await webhooks.start()
         await webhooks.close()
@@ -371,6 +358,6 @@ def test_start_twice_runs_one_loop_and_close_stops_it() -> None:
     asyncio.run(scenario())
 
 
-def test_a_bad_secret_is_refused_at_construction() -> None:
+def test_a_bad_secret_is_refused_at_construction(outbox: Outbox) -> None:
     with pytest.raises(ValueError, match="webhook secret"):
-        WebhookDispatcher(MemoryOutbox, "whsec_???")
+        WebhookDispatcher(lambda: outbox, "whsec_???")
