@@ -4,6 +4,7 @@ real task store's outbox on a SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from serve_app.netguard import OutboundPolicy
 from serve_app.records import Attempt, Delivery, DeliveryState, TaskRecord, TaskSpec
 from serve_app.tasks import TaskStore
 from serve_app.webhooks import RetrySchedule, new_secret, verify
+from tests.serve_app.loopback import serve_on_loopback
 
 SECRET = new_secret()
 LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8",))  # the receivers live here
@@ -98,31 +100,22 @@ class Receiver:
     """A real webhook endpoint: verifies each request's signature, then answers with the
     statuses scripted for its delivery (200 once they run out)."""
 
-    def __init__(
-        self,
-        script: dict[str, list[int]] | None = None,
-        *,
-        headers: dict[str, str] | None = None,
-        hold_s: float = 0.0,
-    ) -> None:
-        self.script = script or {}
+    def __init__(self, *, headers: dict[str, str] | None = None, hold_s: float = 0.0) -> None:
+        self.script: dict[str, list[int]] = {}  # statuses to answer, by webhook-id
         self.headers = headers or {}
         self.hold_s = hold_s
         self.hits: list[Hit] = []
         self.active = 0
         self.most_active = 0
         self._arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
+        self._server = contextlib.AsyncExitStack()
         self.url = ""
 
     async def __aenter__(self) -> Receiver:
         app = web.Application()
         app.add_routes([web.post("/hook", self._handle)])
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/hook"
+        base = await self._server.enter_async_context(serve_on_loopback(app))
+        self.url = f"{base}/hook"
         return self
 
     async def __aexit__(
@@ -131,8 +124,7 @@ class Receiver:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await self._server.aclose()
 
     async def hits_reach(self, count: int) -> None:
         async with asyncio.timeout(WAIT_S), self._arrived:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from serve_app.fetch import FetchError, FetchLimits, check_target, describe_size, fetch_audio
 from serve_app.netguard import OutboundPolicy, guarded_session
+from tests.serve_app.loopback import serve_on_loopback
 
 BODY = os.urandom(300_000)
 DEFAULTS = FetchLimits()
@@ -96,16 +97,11 @@ async def serving() -> AsyncIterator[tuple[str, AudioServer]]:
     server = AudioServer()
     app = web.Application(middlewares=[server.record])
     app.add_routes(server.routes())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", server
-    finally:
-        server.stop.set()
-        await runner.cleanup()
+    async with serve_on_loopback(app) as url:
+        try:
+            yield url, server
+        finally:
+            server.stop.set()  # ends the handlers that wait, so the server can stop
 
 
 async def fetch_from(path: str, dest: Path, limits: FetchLimits) -> tuple[int, AudioServer]:

@@ -31,6 +31,7 @@ from serve_app.webhooks import (
     verify,
     webhook_session,
 )
+from tests.serve_app.loopback import serve_on_loopback
 
 KEY = b"stemsplit test key, 32 bytes...!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -191,15 +192,8 @@ async def receiver(routes: list[web.RouteDef]) -> AsyncIterator[str]:
     """A real HTTP server on a free port of 127.0.0.1; yields its base URL."""
     app = web.Application()
     app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as url:
+        yield url
 
 
 def delivery(url: str) -> Delivery:
