@@ -1,21 +1,20 @@
-"""Denoise: reduce stationary background noise (hiss, hum, room tone) in a song by spectral gating.
+"""Denoise: reduce steady background noise (hiss, hum, room tone) in a song.
 
-The method is the spectral gate of Sainburg, Thielk and Gentner (2020), "Finding, visualizing,
-and quantifying latent structure across diverse animal vocal repertoires", PLoS Computational
-Biology 16(10): e1008228, as implemented by its authors' `noisereduce` package (3.x): bins of the
-short-time spectrum that do not rise above a per-frequency noise threshold are gated, and the
-gate is smoothed in time before it is applied. It was chosen because it is the reference open
-implementation of the simplest recognised noise reducer that needs no training data, runs in
-numpy or torch, and leaves bins well above the noise untouched, so clean music passes through.
-Plain `noisereduce` takes its noise statistics from the whole input when no noise clip is given,
-which in music means from the music itself: it then gates away most of a clean song. This
-module therefore estimates the noise floor itself, per channel, with a minimum-statistics
-style estimate (after Martin 2001): a low quantile of each frequency bin's power over time,
-corrected for the bias of that quantile under Gaussian noise, then the minimum over a few
-hundred hertz so that sustained notes are not taken for noise. The minimum is taken on a
-spectrum tilted by +3 dB per octave, so that pink (1/f) noise, whose floor falls steeply at
-low frequencies, is not underestimated there. A noise clip with that spectrum (seeded, so the
-step stays deterministic) is handed to `noisereduce` as `y_noise`.
+Two methods, chosen by `DenoiseOptions.mode`:
+
+* "wiener" (the default): the stereo Wiener filter of models.wiener. It is the default
+  because it reaches issue 3's bar (6 dB SNR improvement at 5 and 10 dB SNR) where spectral
+  gating does not: on the suite's music, +6.5 to +7.8 dB against +3.7 to +5.3.
+* "stationary" and "nonstationary": the spectral gate of Sainburg, Thielk and Gentner
+  (2020), "Finding, visualizing, and quantifying latent structure across diverse animal
+  vocal repertoires", PLoS Computational Biology 16(10): e1008228, as implemented by its
+  authors' `noisereduce` package (3.x), whose torch backend runs on the GPU: bins of the
+  short-time spectrum that do not rise above a per-frequency noise threshold are gated, and
+  the gate is smoothed in time before it is applied. Plain `noisereduce` takes its noise
+  statistics from the whole input when no noise clip is given, which in music means from
+  the music itself: it then gates away most of a clean song. So the noise floor is
+  estimated here (models.noisefloor), and a seeded Gaussian noise clip with that spectrum is
+  handed to `noisereduce` as `y_noise`.
 """
 
 from __future__ import annotations
@@ -26,15 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from noisereduce.noisereduce import reduce_noise
-from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import istft, stft
 
 from models.errors import PreprocessError
+from models.noisefloor import noise_floor
 from models.steps import limit_peak, step_device
+from models.wiener import wiener_denoise
 
 Samples = npt.NDArray[np.float32]
 
-MODES = ("stationary", "nonstationary")
+MODES = ("wiener", "stationary", "nonstationary")
 
 # Length of the synthetic noise clip: enough frames for noisereduce's per-bin mean and
 # standard deviation (in dB) to settle within a fraction of a dB.
@@ -44,14 +44,17 @@ _NOISE_SEED = 0x5EED
 
 @dataclass(frozen=True)
 class DenoiseOptions:
-    """How hard and how finely to gate; the defaults suit music with steady background noise.
+    """Which method, how hard, and (for the gates) how finely; the defaults suit music with
+    steady background noise.
 
-    mode: "stationary" (default) gates against one noise threshold per frequency, estimated
-        over the whole track; "nonstationary" gates each bin against its own running average
-        over `time_constant_s` (noisereduce's non-stationary gate), for noise whose level
-        changes. Stationary is the default because in music sustained notes are exactly what a
-        running average calls stationary: the non-stationary gate removes them from clean music.
-    strength: the share of the noise to remove, noisereduce's `prop_decrease` (0 to 1).
+    mode: "wiener" (default) filters with the stereo Wiener filter of models.wiener, which
+        takes only `strength`. "stationary" gates against one noise threshold per frequency,
+        estimated over the whole track; "nonstationary" gates each bin against its own
+        running average over `time_constant_s` (noisereduce's non-stationary gate), for noise
+        whose level changes. In music sustained notes are exactly what a running average
+        calls stationary: the non-stationary gate removes some of them from clean music.
+    strength: the share of the noise to remove (0 to 1; noisereduce's `prop_decrease`).
+    The rest apply to the gates only:
     threshold_std: how many standard deviations of the noise's level (in dB) above its mean a
         bin must rise to pass the stationary gate (noisereduce's `n_std_thresh_stationary`).
     window_s: STFT window length; rounded to the nearest power of two in frames at the input's
@@ -65,7 +68,7 @@ class DenoiseOptions:
     time_constant_s: the running-average length of the non-stationary gate.
     """
 
-    mode: str = "stationary"
+    mode: str = "wiener"
     strength: float = 1.0
     threshold_std: float = 2.0
     window_s: float = 0.186
@@ -99,12 +102,12 @@ def denoise(
     *,
     device: str = "cpu",
 ) -> Samples:
-    """Samples (channels, frames) with their steady background noise gated out.
+    """Samples (channels, frames) with their steady background noise taken out.
 
     Shape, rate and channel count are kept; input shorter than one STFT window, or silent,
     comes back unchanged. If the result peaks above full scale it is scaled down to 1.0.
-    `device="cuda"` runs noisereduce's torch gate on the GPU; on the CPU the numpy gate runs,
-    as it is faster there than the torch gate.
+    With a gate mode, `device="cuda"` runs noisereduce's torch gate on the GPU; on the CPU the
+    numpy gate runs, as it is faster there. The Wiener filter runs on the CPU either way.
     """
     options = options or DenoiseOptions()
     target = step_device(device)
@@ -112,6 +115,8 @@ def denoise(
         raise PreprocessError("denoise expects samples shaped (channels, frames)")
     if sample_rate <= 0:
         raise PreprocessError(f"sample rate must be positive, not {sample_rate}")
+    if options.mode == "wiener":
+        return limit_peak(wiener_denoise(samples, sample_rate, options.strength))
     n_fft = 2 ** round(math.log2(options.window_s * sample_rate))
     if samples.shape[1] < n_fft or not np.any(samples):
         return np.ascontiguousarray(samples, dtype=np.float32)
@@ -119,7 +124,7 @@ def denoise(
     rng = np.random.default_rng(_NOISE_SEED)
     channels = []
     for channel in samples.astype(np.float64):
-        noise_power = noise_floor(channel, sample_rate, n_fft, options)
+        noise_power = _gate_noise_floor(channel, sample_rate, n_fft, options)
         noise_clip = synthetic_noise(noise_power, sample_rate, n_fft, rng)
         channels.append(
             reduce_noise(
@@ -142,22 +147,17 @@ def denoise(
     return limit_peak(np.stack(channels).astype(np.float32))
 
 
-def noise_floor(
+def _gate_noise_floor(
     channel: npt.NDArray[np.float64], sample_rate: int, n_fft: int, options: DenoiseOptions
 ) -> npt.NDArray[np.float64]:
     """Estimated noise power per STFT bin of one channel (scipy's 'spectrum' scaling)."""
     # Non-overlapping frames: enough for a quantile, and a quarter of the work.
     _, _, spectrum = stft(channel, nperseg=n_fft, noverlap=0, boundary=None, padded=False)
-    power = np.abs(spectrum) ** 2
-    quantile = options.noise_quantile
-    # The q-quantile of Gaussian noise's power is -ln(1 - q) times its mean.
-    floor = np.quantile(power, quantile, axis=-1) / -math.log1p(-quantile)
-    width = max(3, round(options.noise_floor_hz * n_fft / sample_rate))
-    tilt = np.log(np.maximum(np.arange(floor.size), 1.0))
-    log_floor = minimum_filter1d(np.log(floor + 1e-30) + tilt, width)
-    # The minimum of `width` noisy estimates sits below their mean: 1.5 puts it back, measured
-    # on white and pink noise.
-    return np.exp(uniform_filter1d(log_floor, width) - tilt) * 1.5
+    power = (np.abs(spectrum) ** 2).T
+    bins = np.arange(power.shape[1])
+    return noise_floor(
+        power, bins, sample_rate, n_fft, options.noise_quantile, options.noise_floor_hz
+    )
 
 
 def synthetic_noise(

@@ -101,17 +101,32 @@ def _place(
         mix[channel, start:end] += gain * sound[: end - start]
 
 
-def add_noise(clean: Samples, snr_db: float, colour: str = "white", seed: int = 0) -> Samples:
-    """`clean` plus stationary white or pink noise at `snr_db` (over the whole track)."""
+def add_noise(
+    clean: Samples,
+    snr_db: float,
+    colour: str = "white",
+    seed: int = 0,
+    lowest_hz: float = 0.0,
+    sample_rate: int = 44100,
+) -> Samples:
+    """`clean` plus stationary white or pink noise at `snr_db` (over the whole track).
+
+    Pink noise falls 3 dB per octave from the lowest frequency the track's length resolves,
+    so about half of its power lies below 20 Hz in a clip of a few seconds; `lowest_hz` (with
+    `sample_rate`) leaves out the noise below that frequency before the level is set.
+    """
     rng = np.random.default_rng(seed)
     noise = rng.normal(0, 1, clean.shape)
-    if colour == "pink":
-        spectrum = np.fft.rfft(noise, axis=-1)
-        bins = np.arange(spectrum.shape[-1])
-        bins[0] = 1
-        noise = np.fft.irfft(spectrum / np.sqrt(bins), n=clean.shape[-1], axis=-1)
-    elif colour != "white":
+    if colour not in ("white", "pink"):
         raise ValueError(f"colour must be white or pink, got {colour!r}")
+    if colour == "pink" or lowest_hz > 0:
+        spectrum = np.fft.rfft(noise, axis=-1)
+        if colour == "pink":
+            bins = np.arange(spectrum.shape[-1])
+            bins[0] = 1
+            spectrum /= np.sqrt(bins)
+        spectrum[..., np.fft.rfftfreq(clean.shape[-1], 1 / sample_rate) < lowest_hz] = 0
+        noise = np.fft.irfft(spectrum, n=clean.shape[-1], axis=-1)
     scale = np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
     return (clean + scale * noise).astype(np.float32)
 
