@@ -68,6 +68,11 @@ SUBSONIC_HZ = 20.0
 SUBSONIC_QUANTILE = 0.3
 INCOHERENT_FLOOR = 1e-3
 MAX_NOISE_COHERENCE = 0.5
+# STFT frames filtered at a time, and at most how many frames the noise statistics are taken
+# from (spread evenly over the track; at the long window, 2048 frames are 2.4 minutes): both
+# keep memory flat for long songs.
+BLOCK_FRAMES = 256
+MAX_NOISE_FRAMES = 2048
 
 
 def wiener_denoise(samples: Samples, sample_rate: int, strength: float = 1.0) -> Samples:
@@ -115,37 +120,44 @@ def _lowpass(freqs: npt.NDArray[np.float64], centre: float) -> Real:
 
 
 def _filter_band(group: Samples, rate: int, n_fft: int, band: str, weight: Real) -> Samples:
-    """One resolution of one channel pair: STFT, noise estimate, filter, weighted ISTFT."""
+    """One resolution of one channel pair: STFT, noise estimate, filter, weighted ISTFT.
+
+    The track is filtered `BLOCK_FRAMES` STFT frames at a time (with the frames the
+    neighbourhood averages reach on either side), so memory does not grow with its length.
+    """
     hop = n_fft // 4
-    spectra = _stft(group, n_fft, hop)  # (channels, frames, bins)
     # Only the bins the band keeps, plus the reach of the noise floor's minimum.
     reach = max(3, round(NOISE_FLOOR_HZ * n_fft / rate))
     kept = np.flatnonzero(weight > 0)
     first, stop = max(0, int(kept[0]) - reach), min(weight.size, int(kept[-1]) + 1 + reach)
-    spectrum = spectra[..., first:stop]
-    power = spectrum.real**2 + spectrum.imag**2
     bins = first + np.arange(stop - first)
-    # Frames reaching into the STFT's zero padding would pull the low quantile down; every
-    # other frame is enough for a quantile.
-    inside = slice(n_fft // hop, group.shape[-1] // hop + 1)
-    noise = _noise_power(power[:, inside][:, ::2], bins, rate, n_fft, spectrum[:, inside])
-    over = OVER_SUBTRACTION[band]
-    filtered = _wiener(spectrum, power, noise, over, BOX[band])
+    frames = _Frames(group, n_fft, hop, first, stop)
+    # Noise statistics from frames spread over the track; frames reaching into the zero
+    # padding would pull the low quantile down.
+    inside = np.arange(n_fft // hop, group.shape[-1] // hop + 1)
+    picked = inside[:: max(2, math.ceil(inside.size / MAX_NOISE_FRAMES))]
+    noise = _noise_power(frames.spectrum(picked), bins, rate, n_fft)
     subsonic = int(np.count_nonzero(bins < SUBSONIC_HZ * n_fft / rate))
-    if subsonic:
-        low = slice(0, subsonic)
-        filtered[..., low] = _wiener(
-            spectrum[..., low], power[..., low], noise[:, low], over, BOX["subsonic"]
-        )
-    result = np.zeros_like(spectra)
-    result[..., first:stop] = filtered * weight[first:stop]
-    return _istft(result, n_fft, hop, group.shape[-1])
+    over = OVER_SUBTRACTION[band]
+    reach_frames = BOX["subsonic"][0] // 2
+    for start in range(0, frames.count, BLOCK_FRAMES):
+        end = min(frames.count, start + BLOCK_FRAMES)
+        lo, hi = max(0, start - reach_frames), min(frames.count, end + reach_frames)
+        spectrum = frames.spectrum(np.arange(lo, hi))
+        power = spectrum.real**2 + spectrum.imag**2
+        filtered = _wiener(spectrum, power, noise, over, BOX[band])
+        if subsonic:
+            low = slice(0, subsonic)
+            filtered[..., low] = _wiener(
+                spectrum[..., low], power[..., low], noise[:, low], over, BOX["subsonic"]
+            )
+        frames.add(start, filtered[:, start - lo : end - lo] * weight[first:stop])
+    return frames.signal()
 
 
-def _noise_power(
-    power: Real, bins: npt.NDArray[np.int64], rate: int, n_fft: int, spectrum: Complex
-) -> Real:
-    """Noise power per channel and bin (channels, bins)."""
+def _noise_power(spectrum: Complex, bins: npt.NDArray[np.int64], rate: int, n_fft: int) -> Real:
+    """Noise power per channel and bin (channels, bins) from a sample of STFT frames."""
+    power = spectrum.real**2 + spectrum.imag**2
     noise = np.stack(
         [
             noise_floor(channel, bins, rate, n_fft, NOISE_QUANTILE, NOISE_FLOOR_HZ)
@@ -157,7 +169,7 @@ def _noise_power(
         real_bins = (bins == 0) | (bins == n_fft // 2)
         low = np.quantile(power[:, :, subsonic], SUBSONIC_QUANTILE, axis=1)
         noise[:, subsonic] = low / quantile_of_noise(SUBSONIC_QUANTILE, real_bins[subsonic])
-        if len(power) == 2 and _noise_coherence(spectrum[:, ::2, ::4]) < MAX_NOISE_COHERENCE:
+        if len(power) == 2 and _noise_coherence(spectrum[:, :, ::4]) < MAX_NOISE_COHERENCE:
             noise[:, subsonic] = _incoherent_power(spectrum[..., subsonic])
     return np.maximum(noise, 1e-12 * max(float(noise.max()), 1e-30)).astype(np.float32)
 
@@ -236,26 +248,41 @@ def _box(values: npt.NDArray[Any], frames: int, bins: int) -> npt.NDArray[Any]:
     return np.ascontiguousarray(out).view(np.complex64)[..., 0] if is_complex else out
 
 
-def _stft(audio: Samples, n_fft: int, hop: int) -> Complex:
-    """(channels, frames, bins) periodic-Hann STFT, padded by a window on both sides."""
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    padded = np.pad(audio, ((0, 0), (n_fft, n_fft + hop)))
-    count = (padded.shape[-1] - n_fft) // hop + 1
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop][:, :count]
-    return np.asarray(fft.rfft(frames * window, axis=-1, workers=1), dtype=np.complex64)
+class _Frames:
+    """A channel group's periodic-Hann STFT at one resolution, computed a few frames at a
+    time, and the overlap-add of the filtered frames back into a signal."""
 
+    def __init__(self, audio: Samples, n_fft: int, hop: int, first: int, stop: int) -> None:
+        self.n_fft, self.hop, self.first, self.stop = n_fft, hop, first, stop
+        self.length = audio.shape[-1]
+        # A window of zeros before the track, and a window and a hop after it.
+        padded = np.pad(audio, ((0, 0), (n_fft, n_fft + hop)))
+        self.count = (padded.shape[-1] - n_fft) // hop + 1
+        self.windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)
+        self.window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+        self.out = np.zeros((audio.shape[0], (self.count + n_fft // hop) * hop + n_fft), np.float32)
 
-def _istft(spectra: Complex, n_fft: int, hop: int, length: int) -> Samples:
-    """Overlap-add inverse of `_stft`, cut back to `length` frames."""
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    frames = fft.irfft(spectra, n=n_fft, axis=-1, workers=1) * window
-    channels, count, _ = frames.shape
-    step = n_fft // hop
-    out = np.zeros((channels, (count + step) * hop + n_fft), np.float32)
-    for offset in range(step):
-        group = frames[:, offset::step]
-        start = offset * hop
-        out[:, start : start + group.shape[1] * n_fft] += group.reshape(channels, -1)
-    # Periodic Hann analysis and synthesis at a quarter-window hop sum to a constant.
-    out /= np.sum(window**2) / hop
-    return out[:, n_fft : n_fft + length]
+    def spectrum(self, frames: npt.NDArray[np.int64]) -> Complex:
+        """(channels, frames, bins) of the given frame numbers, bins first to stop."""
+        spectra = fft.rfft(self.windows[:, frames * self.hop] * self.window, axis=-1, workers=1)
+        return np.ascontiguousarray(spectra[..., self.first : self.stop], dtype=np.complex64)
+
+    def add(self, start: int, spectrum: Complex) -> None:
+        """Overlap-add the filtered frames `start`, `start + 1`, ... into the signal."""
+        full = np.zeros((*spectrum.shape[:2], self.n_fft // 2 + 1), np.complex64)
+        full[..., self.first : self.stop] = spectrum
+        frames = fft.irfft(full, n=self.n_fft, axis=-1, workers=1) * self.window
+        channels, count, _ = frames.shape
+        step = self.n_fft // self.hop
+        # Every `step`-th frame tiles the signal without overlap: add each such run at once.
+        for offset in range(min(step, count)):
+            run = frames[:, offset::step]
+            begin = (start + offset) * self.hop
+            self.out[:, begin : begin + run.shape[1] * self.n_fft] += run.reshape(channels, -1)
+
+    def signal(self) -> Samples:
+        """The overlap-added signal, at the track's length."""
+        # Periodic Hann analysis and synthesis at a quarter-window hop sum to a constant.
+        scale = np.sum(self.window**2) / self.hop
+        signal = self.out[:, self.n_fft : self.n_fft + self.length] / scale
+        return np.asarray(signal, dtype=np.float32)

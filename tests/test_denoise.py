@@ -4,10 +4,13 @@ from synthetic music, what is left alone, and the contract every preprocessing s
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 
+from models import wiener
 from models.denoise import MODES, DenoiseOptions, denoise
 from models.errors import PreprocessError
 from models.quality import sdr_db, snr_improvement_db
@@ -60,6 +63,28 @@ def test_noise_identical_in_both_channels_is_still_reduced(music: np.ndarray, co
     gate = snr_improvement_db(music, noisy, denoise(noisy, RATE, DenoiseOptions(mode="stationary")))
     assert wiener >= 4.0
     assert wiener >= gate
+
+
+def test_filtering_in_blocks_equals_filtering_the_whole_track(
+    music: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20 s: more than one block at both resolutions.
+    noisy = add_noise(np.tile(music, (1, 3))[:, : RATE * 20], 10.0, seed=6)
+    in_blocks = denoise(noisy, RATE)
+    monkeypatch.setattr(wiener, "BLOCK_FRAMES", 10**6)
+    assert np.max(np.abs(denoise(noisy, RATE) - in_blocks)) < 1e-5
+
+
+def test_memory_stays_a_few_copies_of_the_input(music: np.ndarray) -> None:
+    # Filtering two minutes at once would peak near 25 times the input (measured).
+    noisy = add_noise(np.tile(music, (1, 15)), 10.0, seed=7)
+    tracemalloc.start()
+    try:
+        denoise(noisy, RATE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * noisy.nbytes
 
 
 @pytest.mark.parametrize(
