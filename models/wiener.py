@@ -32,7 +32,7 @@ The stereo gain over a single-channel filter needs noise that is uncorrelated be
 channels (hiss of separate microphones, preamps or tape tracks). Noise identical in both
 channels is removed only spectrally; the filter then removes less, it does not harm the music.
 Channels are filtered in pairs (0, 1), (2, 3) and so on; an odd last channel alone. numpy only
-(it runs on the CPU whatever the device: about 1.5 s for a minute of stereo on one core).
+(it runs on the CPU whatever the device: about 1 s for a minute of stereo on one core).
 """
 
 from __future__ import annotations
