@@ -40,19 +40,16 @@ def effect(seed: int) -> None:
     """Print the improvement each step makes on its own degradation."""
     clean = render_music(10.0, RATE, seed=seed)
     print(f"effect, 10 s clip, seed {seed}:")
-    for colour in ("white", "pink"):
+    # Pink noise with and without its sub-audio part (about half of `add_noise`'s pink power).
+    for colour, lowest_hz in (("white", 0.0), ("pink", 0.0), ("pink", 20.0)):
         for snr in (5.0, 10.0):
-            noisy = add_noise(clean, snr, colour, seed=seed)
+            noisy = add_noise(clean, snr, colour, seed, lowest_hz=lowest_hz, sample_rate=RATE)
             gain = snr_improvement_db(clean, noisy, preprocess(noisy, RATE, ["Denoise"]))
             gated = denoise(noisy, RATE, DenoiseOptions(mode="stationary"))
             gate = snr_improvement_db(clean, noisy, gated)
-            label = f"{colour} noise at {snr:g} dB SNR"
+            above = f" above {lowest_hz:g} Hz" if lowest_hz else ""
+            label = f"{colour} noise{above} at {snr:g} dB SNR"
             print(f"  Denoise  {label}: SNR +{gain:.1f} dB (gate +{gate:.1f})")
-    for snr in (5.0, 10.0):
-        # Pink noise without its sub-audio part: about half of `add_noise`'s pink power.
-        noisy = add_noise(clean, snr, "pink", seed=seed, lowest_hz=20.0, sample_rate=RATE)
-        gain = snr_improvement_db(clean, noisy, preprocess(noisy, RATE, ["Denoise"]))
-        print(f"  Denoise  pink noise above 20 Hz at {snr:g} dB SNR: SNR +{gain:.1f} dB")
     for delay_s, gain in ((0.08, 0.3), (0.15, 0.6), (0.27, 0.45), (0.4, 0.6)):
         echoed = add_echo(clean, delay_s, gain, RATE)
         cleaned = preprocess(echoed, RATE, ["Deecho"])

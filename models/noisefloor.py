@@ -27,6 +27,8 @@ Power = npt.NDArray[np.floating]
 # The minimum over many noisy estimates sits below their mean: 1.5 puts it back, measured
 # on white and pink noise.
 FLOOR_BIAS = 1.5
+# Below this, music has no notes: the minimum across frequency starts above it.
+SUBSONIC_HZ = 20.0
 
 
 def noise_floor(
@@ -48,7 +50,15 @@ def noise_floor(
     per_bin /= quantile_of_noise(quantile, real_bins)
     width = max(3, round(floor_hz * n_fft / sample_rate))
     tilt = np.log(np.maximum(bins, 1.0))
-    log_floor = minimum_filter1d(np.log(per_bin + 1e-30) + tilt, width)
+    log_power = np.log(per_bin + 1e-30) + tilt
+    # Recordings are high-passed, often with nothing below 20 Hz: the minimum must not reach
+    # down there, or it takes that silence for the noise of the bass above it.
+    subsonic = int(np.count_nonzero(bins < SUBSONIC_HZ * n_fft / sample_rate))
+    if 0 < subsonic < bins.size:
+        log_power[:subsonic] = np.inf
+    log_floor = minimum_filter1d(log_power, width)
+    if 0 < subsonic < bins.size:
+        log_floor[:subsonic] = log_floor[subsonic]
     floor = np.exp(uniform_filter1d(log_floor, width) - tilt) * FLOOR_BIAS
     return np.asarray(np.minimum(per_bin, floor), dtype=np.float64)
 
