@@ -45,7 +45,7 @@ import numpy.typing as npt
 from scipy import fft
 from scipy.ndimage import uniform_filter1d
 
-from models.noisefloor import noise_floor, quantile_of_noise
+from models.noisefloor import SUBSONIC_HZ, noise_floor, quantile_of_noise
 
 Samples = npt.NDArray[np.float32]
 Real = npt.NDArray[np.float32]
@@ -64,7 +64,6 @@ BOX = {"long": (3, 3), "short": (1, 9), "subsonic": (15, 3)}
 TWO_STEP_GAMMA = 2.0
 NOISE_QUANTILE = 0.05
 NOISE_FLOOR_HZ = 300.0
-SUBSONIC_HZ = 20.0
 SUBSONIC_QUANTILE = 0.3
 INCOHERENT_FLOOR = 1e-3
 MAX_NOISE_COHERENCE = 0.5
