@@ -1,17 +1,21 @@
 """Speed and effect of the preprocessing steps on synthetic music.
 
-    python -m benchmarks.preprocess --seconds 60
+    python -m benchmarks.preprocess --seconds 60 --memory-minutes 2 10
 
 Speed: each step, then all three in order, on a stereo 44.1 kHz song of `--seconds`
 (render_music), seconds and real-time factor (audio seconds per second of work; the
 target for all three together is at least 10). Effect: the measures the tests assert,
-on a 10-second clip with two seeds, so the README can show the figures.
+on a 10-second clip with two seeds, so the README can show the figures. Memory: the peak
+that Denoise allocates through numpy (tracemalloc) on songs of `--memory-minutes`, as a multiple
+of the input's size (Dereverb's torch allocations are not traced, so it is left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+import tracemalloc
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +38,20 @@ def speed(seconds: float) -> None:
         preprocess(song, RATE, steps)
         spent = time.perf_counter() - start
         print(f"  {' + '.join(steps):28s} {spent:6.2f} s  {seconds / spent:6.1f}x real time")
+
+
+def denoise_memory(minutes: float) -> None:
+    """Print Denoise's traced peak allocation on a noisy song of `minutes`."""
+    clip = render_music(10.0, RATE, seed=0)
+    song = add_noise(np.tile(clip, (1, math.ceil(minutes * 6))), 10.0, seed=1)
+    tracemalloc.start()
+    try:
+        preprocess(song, RATE, ["Denoise"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    ratio = peak / song.nbytes
+    print(f"  Denoise on {minutes:g} min: peak {peak / 1e6:.0f} MB, {ratio:.1f}x the input")
 
 
 def effect(seed: int) -> None:
@@ -82,8 +100,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--memory-minutes", type=float, nargs="*", default=[2.0, 10.0])
     args = parser.parse_args()
     speed(args.seconds)
+    if args.memory_minutes:
+        print("memory, stereo 44100 Hz float32 input:")
+    for minutes in args.memory_minutes:
+        denoise_memory(minutes)
     for seed in args.seeds:
         effect(seed)
 

@@ -249,7 +249,11 @@ def _box(values: npt.NDArray[Any], frames: int, bins: int) -> npt.NDArray[Any]:
 
 class _Frames:
     """A channel group's periodic-Hann STFT at one resolution, computed a few frames at a
-    time, and the overlap-add of the filtered frames back into a signal."""
+    time, and the overlap-add of the filtered frames back into a signal.
+
+    Written here rather than taken from scipy.signal.ShortTimeFFT because that inverts a
+    whole spectrogram at once, which for a long song at 12288-point windows takes gigabytes.
+    """
 
     def __init__(self, audio: Samples, n_fft: int, hop: int, first: int, stop: int) -> None:
         self.n_fft, self.hop, self.first, self.stop = n_fft, hop, first, stop

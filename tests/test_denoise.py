@@ -168,6 +168,13 @@ def test_strength_zero_leaves_the_input(music: np.ndarray) -> None:
     assert sdr_db(noisy, denoise(noisy, RATE, DenoiseOptions(strength=0.0))) >= 40.0
 
 
+def test_half_strength_takes_out_half_of_what_the_filter_removes(music: np.ndarray) -> None:
+    noisy = add_noise(music[:, : RATE * 2], 5.0, seed=5)
+    full = denoise(noisy, RATE)
+    half = denoise(noisy, RATE, DenoiseOptions(strength=0.5))
+    assert np.max(np.abs(half - (noisy + full) / 2)) < 1e-6
+
+
 @pytest.mark.parametrize(
     "options",
     [
