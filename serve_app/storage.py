@@ -27,6 +27,8 @@ NOT_PERMITTED = frozenset({errno.EACCES, errno.EPERM})
 
 # SQLite's primary result codes (the low byte of an extended code).
 SQLITE_PERM = 3
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 SQLITE_READONLY = 8
 SQLITE_IOERR = 10
 SQLITE_FULL = 13
@@ -37,7 +39,7 @@ def storage_fault(error: BaseException) -> str | None:
     """Why the service could not write, in words for its caller, when `error` means
     that its disk is full or read-only or its database cannot be written; else None."""
     if isinstance(error, OperationalError):
-        return _database_fault(error.orig)
+        return _database_fault(error)
     if isinstance(error, OSError) and error.errno is not None:
         if error.errno in DISK_FULL:
             return "the service's disk is full"
@@ -48,15 +50,20 @@ def storage_fault(error: BaseException) -> str | None:
     return None
 
 
-def _database_fault(cause: BaseException | None) -> str:
-    code = sqlite_code(cause)
+def _database_fault(error: OperationalError) -> str | None:
+    code = sqlite_code(error.orig)
     if code == SQLITE_FULL:
         return "the task database's disk is full"
     if code in (SQLITE_READONLY, SQLITE_PERM, SQLITE_CANTOPEN):
         return "the task database cannot be written"
     if code == SQLITE_IOERR:
         return "the task database had a disk error"
-    return "the task database is unavailable"
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return "the task database is busy"
+    if error.connection_invalidated:
+        return "the task database is unavailable"
+    # Anything else (a missing table, a syntax error) is a bug, not a storage fault.
+    return None
 
 
 def log_loop_failure(logger: logging.Logger, loop: str, error: Exception) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from ray.exceptions import RayTaskError
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -53,6 +54,16 @@ def test_other_storage_errnos_are_named(code: int, fault: str) -> None:
     assert storage_fault(OSError(code, "refused")) == fault
 
 
+def query_error(sql: str) -> OperationalError:
+    """The OperationalError SQLAlchemy raises for `sql` on a real SQLite database."""
+    with create_engine("sqlite://").connect() as connection:
+        try:
+            connection.execute(text(sql))
+        except OperationalError as failure:
+            return failure
+    raise AssertionError(f"{sql!r} did not fail")
+
+
 @pytest.mark.parametrize(
     "failure",
     [
@@ -60,6 +71,9 @@ def test_other_storage_errnos_are_named(code: int, fault: str) -> None:
         ConnectionResetError(errno.ECONNRESET, "reset"),
         OSError("no errno"),
         ValueError("not storage"),
+        # A bug in a query is not a storage fault: it must not become "try again later".
+        query_error("select nope from missing"),
+        query_error("selec 1"),
     ],
 )
 def test_other_failures_are_not_storage_faults(failure: Exception) -> None:
