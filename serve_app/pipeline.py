@@ -251,6 +251,8 @@ class Pipeline:
             self.wakeup.clear()
 
     async def _fill(self) -> None:
+        if len(self.running) >= self.settings.tasks_per_replica:
+            return
         if await asyncio.to_thread(self._space_short):
             return
         while len(self.running) < self.settings.tasks_per_replica:
@@ -359,7 +361,7 @@ class Pipeline:
             except Exception as error:
                 # The database may be full for a while: keep trying; the task's own next
                 # write fails too and ends it.
-                logger.warning("task %s: could not renew its lease: %s", task_id, error)
+                log_loop_failure(logger, f"task {task_id}: lease renewal", error)
                 continue
             if not held:
                 lost.set()
