@@ -160,7 +160,12 @@ async def _internal(_request: Request, failure: Exception) -> JSONResponse:
     return error(500, "internal error; it has been logged")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+# A POST is short (parse, spool, one insert): 64 at once keep the disk busy without starving
+# /healthz; 256 more may wait (a few seconds of backlog). Past that Serve answers 503 at once
+# instead of letting latency grow.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256
+)
 @serve.ingress(api)
 class Ingress:
     """The public HTTP API."""
@@ -212,6 +217,7 @@ class Ingress:
                 headers={"Retry-After": str(retry_after)},
             )
         counts = await asyncio.to_thread(self.store.counts)
+        speed = await asyncio.to_thread(self.store.recent_speed)
         queued = counts[Status.IN_QUEUE]
         if queued >= self.args.limits.max_queued_tasks:
             return error(
@@ -234,7 +240,7 @@ class Ingress:
                 else await asyncio.to_thread(request_fingerprint, form)
             )
             ahead = queued + counts[Status.PROCESSING]
-            spec = await asyncio.to_thread(self._spec, owner, form, ahead)
+            spec = await asyncio.to_thread(self._spec, owner, form, ahead, speed)
         finally:
             if form.upload is not None:
                 form.upload.unlink(missing_ok=True)
@@ -273,7 +279,7 @@ class Ingress:
     def _discard_upload(self, spec: TaskSpec) -> None:
         """Delete the upload of a request that made no task (a repeat, or refused)."""
         if spec.input_key is not None:
-            self.blobs.delete_prefix(f"{PurePosixPath(spec.input_key).parent}/")
+            self.blobs.delete_prefix(spec.input_key)
 
     def _rate_limited(self, owner: str) -> int | None:
         """Seconds until `owner` may create another task, or None when it may now."""
@@ -291,9 +297,10 @@ class Ingress:
             return self.store.create(spec), True
         return self.store.create_once(spec, idempotency_key, fingerprint)
 
-    def _spec(self, owner: str, form: ExtractionForm, ahead: int) -> TaskSpec:
+    def _spec(self, owner: str, form: ExtractionForm, ahead: int, speed: float | None) -> TaskSpec:
         """The task to create: the upload moved into the blob store, the estimates made
-        (`ahead`: tasks queued or running before it)."""
+        (`ahead`: tasks queued or running before it; `speed`: recent seconds of work per
+        second of audio, if any). Reads no database, so nothing fails after the move."""
         duration: float | None = None
         input_key: str | None = None
         if form.upload is not None:
@@ -314,7 +321,6 @@ class Ingress:
             input_key = f"inputs/{uuid.uuid4().hex}/{name}"
             self.blobs.put_file(input_key, form.upload)
         passes = len(make_plan(form.stems, self.routing).passes)
-        speed = self.store.recent_speed() or self.args.pricing.seconds_per_audio_second
         return TaskSpec(
             owner=owner,
             stems=form.stems,
@@ -327,7 +333,7 @@ class Ingress:
             eta_s=eta_s(
                 duration,
                 passes,
-                seconds_per_audio_second=speed,
+                seconds_per_audio_second=speed or self.args.pricing.seconds_per_audio_second,
                 queued_ahead=ahead,
                 parallel_tasks=self.args.pipeline.tasks_per_replica,
             ),
@@ -420,15 +426,16 @@ class Ingress:
         return JSONResponse({"status": "ok", "tasks": tasks, "warnings": warnings})
 
     def _deployments_down(self) -> dict[str, str]:
-        """Deployments of this application that Serve reports unhealthy or failing to
-        start, with Serve's message (a Separator's says why its model did not load). A
-        deployment merely updating or scaling is not down."""
+        """Deployments of this application that Serve reports unhealthy or failed, with
+        Serve's message (a Separator's says why its model did not load). A deployment still
+        updating is not down, whatever its message: Serve also writes one while replicas
+        wait for a node or start slowly, and a rolling update must not fail the probe.
+        Replicas that keep failing to start turn the deployment DEPLOY_FAILED."""
         application = serve.status().applications.get(self.app_name)
         if application is None:
             return {"application": "not found in Serve's status"}
-        down = {}
-        for name, deployment in application.deployments.items():
-            failing = deployment.status in ("UNHEALTHY", "DEPLOY_FAILED")
-            if failing or (deployment.status == "UPDATING" and deployment.message):
-                down[name] = deployment.message or deployment.status
-        return down
+        return {
+            name: deployment.message or deployment.status
+            for name, deployment in application.deployments.items()
+            if deployment.status in ("UNHEALTHY", "DEPLOY_FAILED")
+        }

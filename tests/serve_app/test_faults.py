@@ -245,6 +245,8 @@ def test_a_model_that_failed_to_load_shows_in_healthz(service: Service, tmp_path
             pause.wait(0.25)
         down = body["down"][separator_name("htdemucs_6s")]
         assert "model 'htdemucs_6s' is not available" in down, down
+        # The deployments that started, or are still starting, are not down.
+        assert list(body["down"]) == [separator_name("htdemucs_6s")]
     finally:
         serve.delete(name)
     assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
