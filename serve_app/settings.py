@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.audio import DecodeLimits
 from models.routing import DEFAULT_ROUTING_PATH
 from serve_app.fetch import FetchLimits
-from serve_app.form import UploadLimits
+from serve_app.formbody import UploadLimits
 from serve_app.netguard import OutboundPolicy
 from serve_app.webhooks import RetrySchedule
 
