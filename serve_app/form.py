@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -70,10 +71,13 @@ async def read_extraction_form(
     """Parse and check an Extraction request, spooling its audio_file into `spool_dir`.
     URLs are checked against the outbound `policy` as far as that needs no DNS lookup
     (literal private addresses are refused here; names when they are resolved).
-    Raises FormError; whatever the error, nothing is left in `spool_dir`.
+    Raises FormError; whatever the error, nothing is left in `spool_dir`. A request with
+    no body at all is a form with no fields (422: no audio), as MusicGPT answers it.
     """
-    media_type = content_type(request.headers, limits.max_body_bytes)
     reader = PartReader(limits)
+    if carries_no_body(request.headers):
+        return _check_form(reader, None, routing, policy)
+    media_type = content_type(request.headers, limits.max_body_bytes)
     if media_type == URLENCODED:
         await read_urlencoded(request, reader, limits)
         return _check_form(reader, None, routing, policy)
@@ -85,6 +89,15 @@ async def read_extraction_form(
     except BaseException:
         upload.unlink(missing_ok=True)
         raise
+
+
+def carries_no_body(headers: Headers) -> bool:
+    """Whether the request has no body: `Content-Length: 0`, or neither a length nor a
+    transfer coding (an HTTP/1.1 request without either has none)."""
+    length = headers.get("content-length")
+    if length is not None:
+        return length.strip() == "0"
+    return "transfer-encoding" not in headers
 
 
 def _check_form(

@@ -208,6 +208,29 @@ def test_refused_with_422_naming_the_field(
     assert list(spool_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # no body, no Content-Type: what `requests.post(url)` sends
+        {"content-length": "0"},
+        {"content-length": "0", "content-type": CONTENT_TYPE},
+        {"content-length": "0", "content-type": "application/x-www-form-urlencoded"},
+        {"content-length": "0", "content-type": "application/json"},
+    ],
+)
+def test_empty_body_is_422_like_a_form_without_audio(
+    spool_dir: Path, headers: dict[str, str]
+) -> None:
+    """MusicGPT answers 422 when neither audio_url nor audio_file is given, however the
+    empty request is sent."""
+    client = TestClient(make_app(spool_dir, DEFAULTS))
+    empty = client.post(PATH, headers=headers)
+    without_audio = post(spool_dir, [("stems", '["drums"]', None)])
+    assert empty.status_code == without_audio.status_code == 422, empty.text
+    assert empty.json() == without_audio.json()
+    assert "audio_url or audio_file" in empty.json()["error"]
+
+
 def test_body_that_is_not_multipart_is_400(spool_dir: Path) -> None:
     client = TestClient(make_app(spool_dir, DEFAULTS))
     response = client.post(PATH, json={"audio_url": "https://example.com/a.mp3"})

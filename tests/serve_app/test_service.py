@@ -149,6 +149,9 @@ def test_validation_errors_name_the_field(service: Service, song: Path) -> None:
         assert body["success"] is False and body["field"] == name, body
     neither = submit(service, stems=json.dumps(["vocals"]))
     assert neither.status_code == 422
+    # No fields at all, over real HTTP: the same answer (MusicGPT's 422), not a 400.
+    empty = requests.post(service.api("Extraction"), headers={"Authorization": KEY_A}, timeout=30)
+    assert (empty.status_code, empty.json()) == (422, neither.json())
     both = submit(service, song=song, audio_url="http://127.0.0.1:1/a.mp3")
     assert both.status_code == 422
     not_audio = requests.post(
