@@ -14,9 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -31,6 +29,7 @@ from models.errors import AudioError
 from models.planner import make_plan
 from models.routing import load_routing
 from models.stems import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
+from serve_app.admission import RateLimiter, Refusal, Slot
 from serve_app.auth import Authenticator, AuthError
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, eta_s, stem_file
@@ -48,7 +47,6 @@ from serve_app.tasks import (
 logger = logging.getLogger("ray.serve")
 
 PREFIX = "/api/public/v1"
-RATE_WINDOW_S = 60.0
 INPUT_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"})
 
 api = FastAPI(
@@ -175,6 +173,7 @@ class Ingress:
         self.pipeline = pipeline
         self.routing = load_routing(args.routing)
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
+        self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
         self.app_name = serve.get_replica_context().app_name
@@ -209,25 +208,47 @@ class Ingress:
                 check_idempotency_key(idempotency_key)
             except IdempotencyKeyError as failure:
                 return error(400, str(failure), field="Idempotency-Key")
-        retry_after = await asyncio.to_thread(self._rate_limited, owner)
-        if retry_after is not None:
+        slot = await asyncio.to_thread(self.limiter.take, owner)
+        if isinstance(slot, Refusal):
             return error(
                 429,
-                f"more than {self.args.limits.conversions_per_minute} conversions a minute",
-                headers={"Retry-After": str(retry_after)},
+                f"more than {self.limiter.per_window} conversions a minute",
+                headers={"Retry-After": str(slot.retry_after_s)},
             )
+        created = False
+        try:
+            response, created = await self._admitted(request, owner, idempotency_key)
+            return response
+        finally:
+            if not created:
+                await asyncio.to_thread(self._release, slot)
+
+    def _release(self, slot: Slot) -> None:
+        """Give back the rate-limit slot of a request that made no task. Should the
+        database refuse, the slot leaves with the window instead."""
+        try:
+            self.limiter.release(slot)
+        except (OSError, OperationalError) as failure:
+            logger.warning("could not release a rate-limit slot of %s: %s", slot.owner, failure)
+
+    async def _admitted(
+        self, request: Request, owner: str, idempotency_key: str | None
+    ) -> tuple[JSONResponse, bool]:
+        """The answer to a request that holds a rate-limit slot, and whether it created a
+        task (else the slot is given back)."""
         counts = await asyncio.to_thread(self.store.counts)
         speed = await asyncio.to_thread(self.store.recent_speed)
         queued = counts[Status.IN_QUEUE]
         if queued >= self.args.limits.max_queued_tasks:
-            return error(
+            busy = error(
                 503,
                 f"the service is busy ({queued} tasks waiting); try again later",
                 headers={"Retry-After": str(self.args.limits.busy_retry_after_s)},
             )
+            return busy, False
         short = await asyncio.to_thread(self._space_short)
         if short is not None:
-            return self._unavailable(short)
+            return self._unavailable(short), False
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(
             request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
@@ -250,7 +271,7 @@ class Ingress:
             )
         except IdempotencyConflictError as failure:
             await asyncio.to_thread(self._discard_upload, spec)
-            return error(422, str(failure), field="Idempotency-Key")
+            return error(422, str(failure), field="Idempotency-Key"), False
         except BaseException:
             # No task holds the upload (the database may be full): keep nothing.
             await asyncio.to_thread(self._discard_upload, spec)
@@ -262,7 +283,7 @@ class Ingress:
                 "task %s: created by %s", record.task_id, owner, extra={"task_id": record.task_id}
             )
             self.pipeline.wake.remote()
-        return JSONResponse(
+        answer = JSONResponse(
             {
                 "success": True,
                 "task_id": record.task_id,
@@ -271,6 +292,7 @@ class Ingress:
                 "credit_estimate": record.spec.credit_estimate,
             }
         )
+        return answer, created
 
     def _space_short(self) -> str | None:
         """Why the data folder cannot take new work (below its free-space reserve)."""
@@ -280,15 +302,6 @@ class Ingress:
         """Delete the upload of a request that made no task (a repeat, or refused)."""
         if spec.input_key is not None:
             self.blobs.delete_prefix(spec.input_key)
-
-    def _rate_limited(self, owner: str) -> int | None:
-        """Seconds until `owner` may create another task, or None when it may now."""
-        window = timedelta(seconds=RATE_WINDOW_S)
-        now = datetime.now(UTC)
-        if self.store.created_since(owner, now - window) < self.args.limits.conversions_per_minute:
-            return None
-        oldest = self.store.oldest_since(owner, now - window) or now
-        return max(1, math.ceil((oldest + window - now).total_seconds()))
 
     def _create(
         self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str | None

@@ -1,8 +1,8 @@
 """The task store's SQL schema and how records map to its rows: the tables (tasks, webhook
-deliveries and their attempts), the engine setup that lets several processes share a SQLite
-file, table creation that also adds columns and indexes a database made by an older version
-lacks, and the conversions between rows and `records` dataclasses. Portable SQLAlchemy Core:
-SQLite by default, PostgreSQL in a cluster."""
+deliveries and their attempts, per-key rate windows), the engine setup that lets several
+processes share a SQLite file, table creation that also adds columns and indexes a database
+made by an older version lacks, and the conversions between rows and `records` dataclasses.
+Portable SQLAlchemy Core: SQLite by default, PostgreSQL in a cluster."""
 
 from __future__ import annotations
 
@@ -116,7 +116,6 @@ task_table = Table(
     # A unique index rather than a table constraint: SQLite can add an index to an old table,
     # and NULL keys (tasks created without one) never collide.
     Index("ux_tasks_idempotency_key", "owner", "idempotency_key", unique=True),
-    Index("ix_tasks_owner_created", "owner", "created_at"),
     Index("ix_tasks_input_key", "input_key"),
     Index("ix_tasks_files_expiry", "files_expired_at", "finished_at"),
     Index("ix_tasks_files_deletion", "files_deleted_at", "files_expired_at"),
@@ -149,6 +148,18 @@ attempt_table = Table(
     Column("error", Text, nullable=False),
     Column("seconds", Float, nullable=False),
     Index("ix_webhook_attempts_delivery", "delivery_id", "number"),
+)
+
+
+# One row per API key: the moments of its admissions within the rate window, as a JSON list
+# of [epoch seconds, slot id]. Taking a slot updates the row, so the row's lock serialises
+# the requests of one key (serve_app/admission.py).
+rate_window_table = Table(
+    "rate_windows",
+    metadata,
+    Column("owner", String(255), primary_key=True),
+    Column("admitted", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 

@@ -6,9 +6,9 @@ taken again and one that keeps killing its workers is given up; every write that
 who holds a task is a conditional UPDATE whose row count says whether it happened, so two
 processes never both win. A task's final state and its webhook delivery are written in one
 transaction, so neither exists without the other. The store also answers idempotent
-submissions (one task per owner and Idempotency-Key, enforced by a unique index), counts an
-owner's recent tasks for rate limits, and tracks the expiry of finished tasks' files for
-`retention`."""
+submissions (one task per owner and Idempotency-Key, enforced by a unique index) and tracks
+the expiry of finished tasks' files for `retention`. Per-key rate limits share its database
+(`engine`; serve_app/admission.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.records import (
@@ -124,6 +125,11 @@ class TaskStore:
         self._key_ttl = timedelta(seconds=key_ttl_s)
         self._engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         create_tables(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The database, for what shares it (serve_app/admission.py)."""
+        return self._engine
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -349,19 +355,6 @@ class TaskStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def created_since(self, owner: str, since: datetime) -> int:
-        """How many tasks `owner` created at or after `since`."""
-        query = select(func.count()).where(_created_by_since(owner, since))
-        with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def oldest_since(self, owner: str, since: datetime) -> datetime | None:
-        """When the oldest task `owner` created at or after `since` was created; None if none."""
-        query = select(func.min(task_table.c.created_at)).where(_created_by_since(owner, since))
-        with self._engine.connect() as conn:
-            oldest: datetime | None = conn.execute(query).scalar_one()
-        return oldest
-
     def expire_files(
         self, before: datetime, *, limit: int = 1000, now: datetime | None = None
     ) -> list[TaskRecord]:
@@ -568,10 +561,6 @@ def _held_by(worker: str) -> ColumnElement[bool]:
 
 def _final_values(now: datetime) -> dict[str, Any]:
     return {"finished_at": now, "updated_at": now, "lease_owner": None, "lease_until": None}
-
-
-def _created_by_since(owner: str, since: datetime) -> ColumnElement[bool]:
-    return and_(task_table.c.owner == owner, task_table.c.created_at >= as_utc(since))
 
 
 def _expirable(before: datetime) -> ColumnElement[bool]:

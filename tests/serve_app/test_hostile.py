@@ -59,6 +59,8 @@ from tests.serve_app.conftest import (
 STRICT = "strict"
 KEY_C = "key-c-rate-limited-0000"
 KEY_D = "key-d-outbound-tests-00"  # rows 7 to 9, so their tasks do not count against KEY_A
+KEY_E = "key-e-concurrent-burst-0"  # the concurrent rate-limit test alone
+KEY_F = "key-f-beside-the-burst-0"  # ... and the key beside its burst
 CAP = 1024**2
 MAX_DURATION_S = 60.0
 RATE_LIMIT = 8  # per key and minute; KEY_C is for the rate-limit test alone
@@ -171,6 +173,8 @@ def strict(
                 ApiKey(name="bob", sha256=hash_key(KEY_B)),
                 ApiKey(name="carol", sha256=hash_key(KEY_C)),
                 ApiKey(name="dave", sha256=hash_key(KEY_D)),
+                ApiKey(name="erin", sha256=hash_key(KEY_E)),
+                ApiKey(name="frank", sha256=hash_key(KEY_F)),
             ),
         ),
         uploads=UploadSettings(max_body_bytes=CAP, max_fields=8, max_field_bytes=1024),
@@ -479,6 +483,30 @@ def test_rate_limit_per_key_answers_429_with_retry_after(strict: Strict) -> None
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert post(strict, key=KEY_A, audio_url=url).status_code == 200  # others are not limited
+    strict.healthy_within_a_second()
+
+
+def test_rate_limit_holds_for_concurrent_requests_of_one_key(strict: Strict) -> None:
+    """100 POSTs of one key at once admit at most the limit (a slot is taken atomically
+    before the body is read); the rest get 429 with Retry-After, and a key posting at the
+    same moment is not limited by them."""
+    url = f"http://{ALLOWED_HOST}:1/a.mp3"
+    keys = [KEY_E] * 100 + [KEY_F] * (RATE_LIMIT // 2)
+    start = threading.Barrier(len(keys))
+
+    def send(key: str) -> requests.Response:
+        start.wait()
+        return post(strict, key=key, audio_url=url)
+
+    with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+        answers = list(pool.map(send, keys))
+    burst, beside = answers[:100], answers[100:]
+    assert sorted({answer.status_code for answer in burst}) == [200, 429]
+    assert sum(answer.status_code == 200 for answer in burst) == RATE_LIMIT
+    for answer in burst:
+        if answer.status_code == 429:
+            assert 1 <= int(answer.headers["Retry-After"]) <= 60
+    assert [answer.status_code for answer in beside] == [200] * len(beside)
     strict.healthy_within_a_second()
 
 

@@ -546,29 +546,7 @@ def test_input_keys_in_use_names_the_keys_tasks_hold(store: TaskStore) -> None:
     assert store.input_keys_in_use([]) == set()
 
 
-def test_created_since_and_oldest_since_count_one_owners_window(store: TaskStore) -> None:
-    for seconds in (0, 10, 20):
-        store.create(spec(owner="a"), now=at(seconds))
-    store.create(spec(owner="b"), now=at(15))
-
-    assert store.created_since("a", at(10)) == 2  # at or after: the task at 10 counts
-    assert store.oldest_since("a", at(10)) == at(10)
-    assert store.created_since("a", at(0)) == 3
-    assert store.created_since("b", at(0)) == 1
-    assert store.oldest_since("b", at(0)) == at(15)
-    assert store.created_since("a", at(21)) == 0
-    assert store.oldest_since("a", at(21)) is None
-    assert store.created_since("nobody", at(0)) == 0
-
-    paris = timezone(timedelta(hours=2))
-    assert store.created_since("a", datetime(2025, 1, 1, 14, 0, 5, tzinfo=paris)) == 2
-    with pytest.raises(ValueError, match="no time zone"):
-        store.created_since("a", datetime(2025, 1, 1, 12, 0))
-
-
-def test_rate_limit_idempotency_and_retention_queries_have_indexes(
-    store: TaskStore, tmp_path: Path
-) -> None:
+def test_idempotency_and_retention_queries_have_indexes(store: TaskStore, tmp_path: Path) -> None:
     with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
         unique = {
             name: bool(flag) for _, name, flag, *_ in conn.execute("PRAGMA index_list(tasks)")
@@ -576,7 +554,6 @@ def test_rate_limit_idempotency_and_retention_queries_have_indexes(
         columns = {
             name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")] for name in unique
         }
-    assert columns["ix_tasks_owner_created"] == ["owner", "created_at"]
     assert columns["ux_tasks_idempotency_key"] == ["owner", "idempotency_key"]
     assert unique["ux_tasks_idempotency_key"]
     assert columns["ix_tasks_files_expiry"] == ["files_expired_at", "finished_at"]
