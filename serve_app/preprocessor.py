@@ -1,6 +1,7 @@
 """The Preprocessor deployment: Denoise, Deecho and Dereverb (models/preprocess.py) on a
 whole decoded track, on the replica's device, in a worker thread so the replica keeps
-answering health checks while it computes."""
+answering health checks while it computes. Torch uses every core the replica may run on
+unless `engine.threads` says otherwise (models/threads.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ray import serve
 
 from models.engine import resolve_device
 from models.preprocess import preprocess
+from models.threads import use_threads
 from serve_app.settings import AppArgs
 
 
@@ -21,6 +23,7 @@ class Preprocessor:
 
     def __init__(self, args: AppArgs) -> None:
         self.device = resolve_device(args.engine.device).type
+        use_threads(args.engine.threads)
 
     async def clean(
         self, samples: npt.NDArray[np.float32], sample_rate: int, steps: tuple[str, ...]

@@ -24,6 +24,7 @@ from models.engine import Geometry, resolve_device, separate_windows
 from models.errors import SeparationError
 from models.loading import load_model
 from models.routing import load_routing
+from models.threads import use_threads
 from serve_app import metrics
 from serve_app.settings import AppArgs
 
@@ -61,6 +62,7 @@ class Separator:
         self.model = model
         self.device = resolve_device(args.engine.device)
         self.precision = args.engine.precision
+        self.threads = use_threads(args.engine.threads)
         self.batches = 0
         self.sizes: Counter[int] = Counter()
         self.tasks_per_batch: Counter[int] = Counter()
@@ -81,7 +83,7 @@ class Separator:
         self.failure = None
         self.bag.to(self.device)
         self.geometry = Geometry.of(self.bag)
-        logger.info("separator %s loaded on %s", model, self.device)
+        logger.info("separator %s loaded on %s, %d torch threads", model, self.device, self.threads)
 
     def check_health(self) -> None:
         """Unhealthy while the model is not loaded."""

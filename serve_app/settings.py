@@ -194,6 +194,10 @@ class EngineSettings(Section):
     precision: str = "fp32"
     overlap: float = Field(0.25, ge=0, lt=1)
     shifts: int = Field(0, ge=0)
+    # Torch threads of a Separator or Preprocessor replica; None: every core the replica's
+    # process may run on (Ray's OMP_NUM_THREADS follows num_cpus, which is a scheduling
+    # share, not a thread budget).
+    threads: int | None = Field(None, gt=0)
 
 
 class PricingSettings(Section):
