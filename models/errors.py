@@ -34,6 +34,11 @@ class ModelLoadError(SeparationError):
     """Weights were found but could not be loaded (bad checksum, corrupt file)."""
 
 
+class ModelUnavailableError(SeparationError):
+    """A model the request needs is not loaded and cannot be used now; the message names
+    the model and what an operator can do."""
+
+
 class StemError(SeparationError):
     """A requested stem cannot be produced."""
 

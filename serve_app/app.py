@@ -14,15 +14,12 @@ from models.routing import load_routing
 from serve_app.ingress import Ingress
 from serve_app.pipeline import Pipeline
 from serve_app.preprocessor import Preprocessor
-from serve_app.separator import Separator
+from serve_app.separator import Separator, separator_name
 from serve_app.settings import AppArgs
 
+__all__ = ["build_app", "deployment", "deployment_names", "separator_name"]
+
 FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor")
-
-
-def separator_name(model: str) -> str:
-    """The deployment name of a model's Separator, as config files name it."""
-    return f"Separator_{model}"
 
 
 def deployment_names(args: AppArgs) -> tuple[str, ...]:
@@ -50,7 +47,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     }
     preprocessor = deployment(Preprocessor).bind(settings)
     pipeline = deployment(Pipeline).bind(settings, separators, preprocessor)
-    return deployment(Ingress).bind(settings, pipeline)
+    return deployment(Ingress).bind(settings, pipeline, separators)
 
 
 def deployment(decorated: object) -> Deployment:

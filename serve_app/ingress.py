@@ -4,8 +4,10 @@
 limits (serve_app/form.py), moves the upload into the blob store, creates the task and
 answers at once with its ids, eta and credit estimate; a Pipeline replica picks the task
 up from the database. `GET /byId` reports a task, `GET /files/{task_id}/{file}` serves
-its stems, `GET /stems` the catalogue, `GET /healthz` the parts' health. Errors map to
-status codes here, in one place; a task and its files are visible only to its owner.
+its stems, `GET /stems` the catalogue, `GET /healthz` liveness and `GET /readyz` readiness
+(serve_app/health.py). A request that needs a model which failed to load answers 503.
+Errors map to status codes here, in one place; a task and its files are visible only to
+its owner.
 """
 
 # No `from __future__ import annotations` here: Serve's ingress rebuilds the route
@@ -14,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import uuid
 from pathlib import PurePosixPath
 from typing import Any
@@ -34,7 +37,9 @@ from serve_app.auth import Authenticator, AuthError
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
+from serve_app.health import deployments_down, deployments_waiting, model_state
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
+from serve_app.separator import ModelStatus, separator_name
 from serve_app.settings import AppArgs
 from serve_app.storage import space_short, storage_fault
 from serve_app.tasks import (
@@ -168,9 +173,15 @@ async def _internal(_request: Request, failure: Exception) -> JSONResponse:
 class Ingress:
     """The public HTTP API."""
 
-    def __init__(self, args: AppArgs, pipeline: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        args: AppArgs,
+        pipeline: DeploymentHandle,
+        separators: dict[str, DeploymentHandle],
+    ) -> None:
         self.args = args
         self.pipeline = pipeline
+        self.separators = separators
         self.routing = load_routing(args.routing)
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
@@ -254,6 +265,10 @@ class Ingress:
             request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
         )
         try:
+            missing = await self._unavailable_model(form.stems)
+            if missing is not None:
+                retry = str(math.ceil(self.args.engine.model_retry_s))
+                return error(503, missing, headers={"Retry-After": retry}), False
             # Hashing reads the whole upload: only a request that may be a repeat pays.
             fingerprint = (
                 None
@@ -293,6 +308,16 @@ class Ingress:
             }
         )
         return answer, created
+
+    async def _unavailable_model(self, stems: tuple[str, ...]) -> str | None:
+        """Why a model the stems need cannot serve, if one cannot. A model still loading,
+        or whose replica has not answered yet, can: the task waits for it."""
+        models = {step.model for step in make_plan(stems, self.routing).passes}
+        states = await asyncio.gather(
+            *(model_state(self.separators[model], model) for model in sorted(models))
+        )
+        failed = [state.reason for state in states if state.status == ModelStatus.FAILED]
+        return failed[0] if failed else None
 
     def _space_short(self) -> str | None:
         """Why the data folder cannot take new work (below its free-space reserve)."""
@@ -416,9 +441,9 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """The database and every deployment of this application: 200 when all are up,
-        else 503 naming what is down and why. A data folder below its free-space reserve is
-        reported under `warnings` (the service still serves status and files then)."""
+        """Liveness: the database and every deployment of this application are up (200),
+        else 503 naming what is down, in one line each. A data folder below its free-space
+        reserve is reported under `warnings` (the service still serves status and files)."""
         down: dict[str, str] = {}
         tasks: dict[str, int] = {}
         try:
@@ -426,8 +451,8 @@ class Ingress:
             tasks = {status.value: count for status, count in counts.items()}
         except Exception as failure:
             logger.exception("health check: the task database does not answer")
-            down["database"] = type(failure).__name__
-        down.update(await asyncio.to_thread(self._deployments_down))
+            down["database"] = f"does not answer ({type(failure).__name__})"
+        down.update(await asyncio.to_thread(deployments_down, self.app_name))
         warnings = {}
         short = await asyncio.to_thread(self._space_short)
         if short is not None:
@@ -438,17 +463,26 @@ class Ingress:
             )
         return JSONResponse({"status": "ok", "tasks": tasks, "warnings": warnings})
 
-    def _deployments_down(self) -> dict[str, str]:
-        """Deployments of this application that Serve reports unhealthy or failed, with
-        Serve's message (a Separator's says why its model did not load). A deployment still
-        updating is not down, whatever its message: Serve also writes one while replicas
-        wait for a node or start slowly, and a rolling update must not fail the probe.
-        Replicas that keep failing to start turn the deployment DEPLOY_FAILED."""
-        application = serve.status().applications.get(self.app_name)
-        if application is None:
-            return {"application": "not found in Serve's status"}
-        return {
-            name: deployment.message or deployment.status
-            for name, deployment in application.deployments.items()
-            if deployment.status in ("UNHEALTHY", "DEPLOY_FAILED")
-        }
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: 200 once the database answers, every deployment has a running
+        replica (or is scaled to zero) and every running Separator has loaded its model;
+        else 503 naming what is not ready and why, one line each."""
+        waiting: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(self.store.counts)
+        except Exception as failure:
+            logger.exception("readiness check: the task database does not answer")
+            waiting["database"] = f"does not answer ({type(failure).__name__})"
+        starting, running = await asyncio.to_thread(deployments_waiting, self.app_name)
+        waiting.update(starting)
+        asked = [model for model in self.separators if separator_name(model) in running]
+        states = await asyncio.gather(
+            *(model_state(self.separators[model], model) for model in asked)
+        )
+        for state in states:
+            if state.status != ModelStatus.READY:
+                waiting[separator_name(state.model)] = state.reason or state.status.value
+        if waiting:
+            return JSONResponse({"status": "not ready", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ready"})

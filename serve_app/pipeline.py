@@ -2,9 +2,11 @@
 
 A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
 a task whose replica died is taken again by a live one once the lease expires, and two
-replicas never run the same task. Per task: fetch `audio_url` or open the upload, decode
-within the limits, clean through the Preprocessor, plan, send segments to the Separator
-of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
+replicas never run the same task. Per task: wait until the models of its plan are loaded
+(saying so in its status_msg; a model that failed to load, or that does not load within
+`model_wait_s`, ends the task FAILED with the reason), fetch `audio_url` or open the
+upload, decode within the limits, clean through the Preprocessor, send segments to the
+Separator of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
 COMPLETED, which in the same transaction queues its webhook in the outbox. Any failure
 ends in FAILED with a message the caller can act on; tracebacks stay in the logs.
 
@@ -39,8 +41,8 @@ from ray.serve.handle import DeploymentHandle
 
 from models.audio import Track, decode
 from models.engine import Geometry, WindowRunner
-from models.errors import SeparationError
-from models.planner import make_plan
+from models.errors import ModelUnavailableError, SeparationError
+from models.planner import Plan, make_plan
 from models.routing import Routing, load_routing
 from models.separate import EngineOptions, check_format, write_stems
 from serve_app import metrics
@@ -48,9 +50,10 @@ from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, stem_key
 from serve_app.dispatcher import WebhookDispatcher
 from serve_app.fetch import FetchError, fetch_audio
+from serve_app.health import STATE_TIMEOUT_S, model_state
 from serve_app.records import Status, TaskRecord
 from serve_app.retention import sweep, sweep_orphan_inputs
-from serve_app.separator import ModelShape, SegmentJob
+from serve_app.separator import ModelShape, ModelStatus, SegmentJob
 from serve_app.settings import AppArgs
 from serve_app.storage import log_loop_failure, space_short, storage_fault
 from serve_app.tasks import TaskStore
@@ -367,10 +370,48 @@ class Pipeline:
                 lost.set()
                 return
 
+    async def _await_models(self, record: TaskRecord, plan: Plan, lost: asyncio.Event) -> None:
+        """Return once every model of the plan is loaded; meanwhile the task's status_msg
+        says what it waits for. ModelUnavailableError when one failed to load, or none
+        loaded within `model_wait_s`."""
+        deadline = time.monotonic() + self.settings.model_wait_s
+        noted = ""
+        for model in sorted({step.model for step in plan.passes}):
+            while True:
+                remaining = deadline - time.monotonic()
+                state = await model_state(
+                    self.separators[model], model, max(0.0, min(remaining, STATE_TIMEOUT_S))
+                )
+                if state.status == ModelStatus.READY:
+                    break
+                if state.status == ModelStatus.FAILED:
+                    raise ModelUnavailableError(state.reason or f"model {model!r} failed to load")
+                if remaining <= 0:
+                    raise ModelUnavailableError(
+                        f"model {model!r} did not load within "
+                        f"{self.settings.model_wait_s:g} seconds; try again later"
+                    )
+                note = f"waiting for model {model!r} to load"
+                if note != noted:
+                    await self._note(record.task_id, note)
+                    noted = note
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.settings.poll_s)
+                if lost.is_set():
+                    raise LeaseLostError()
+        if noted:
+            await self._note(record.task_id, "")
+
+    async def _note(self, task_id: str, message: str) -> None:
+        if not await asyncio.to_thread(self.store.set_note, task_id, self.worker, message):
+            raise LeaseLostError()
+
     async def _process(
         self, record: TaskRecord, folder: Path, lost: asyncio.Event
     ) -> TaskRecord | None:
         spec = record.spec
+        plan = make_plan(spec.stems, self.routing)
+        await self._await_models(record, plan, lost)
         folder.mkdir(parents=True, exist_ok=True)
         if spec.input_key is not None:
             source = self.blobs.path(spec.input_key)
@@ -387,7 +428,6 @@ class Pipeline:
                 track.samples, track.sample_rate, spec.preprocessing
             )
             track = Track(cleaned, track.sample_rate, track.layout)
-        plan = make_plan(spec.stems, self.routing)
         models = RemoteModels(self.routing, self.separators, record.task_id)
         options = EngineOptions(
             batch_size=self.settings.segments_in_flight,

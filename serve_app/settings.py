@@ -185,6 +185,8 @@ class PipelineSettings(Section):
     tasks_per_replica: int = Field(2, gt=0)
     segments_in_flight: int = Field(4, gt=0)  # per task, sent to the Separator together
     max_claims: int = Field(3, gt=0)  # a task that stopped its worker this often is FAILED
+    # A task whose models are still loading waits this long for them, then FAILS.
+    model_wait_s: float = Field(900.0, gt=0)
 
 
 class EngineSettings(Section):
@@ -198,6 +200,9 @@ class EngineSettings(Section):
     # process may run on (Ray's OMP_NUM_THREADS follows num_cpus, which is a scheduling
     # share, not a thread budget).
     threads: int | None = Field(None, gt=0)
+    # A model that failed to load is tried again this often, so weights put in place later
+    # are picked up without a redeploy.
+    model_retry_s: float = Field(30.0, gt=0)
 
 
 class PricingSettings(Section):

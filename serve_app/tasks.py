@@ -266,6 +266,13 @@ class TaskStore:
             task_id, worker, {"progress": forward, "updated_at": _moment(None)}
         )
 
+    def set_note(self, task_id: str, worker: str, message: str) -> bool:
+        """Set the `status_msg` of a task `worker` holds: what it waits for, or "" once it
+        waits no more."""
+        return self._update_held(
+            task_id, worker, {"status_msg": message, "updated_at": _moment(None)}
+        )
+
     def complete(
         self,
         task_id: str,

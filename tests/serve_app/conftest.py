@@ -4,6 +4,7 @@ with a small random-weight htdemucs_6s, and are reached over real HTTP on loopba
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 import time
@@ -34,6 +35,7 @@ from serve_app.settings import (
     hash_key,
 )
 from serve_app.webhooks import new_secret
+from tests.serve_app.hub import LoopbackHub, start_hub
 from tests.serve_app.smalldisk import small_disk
 
 __all__ = ["small_disk"]  # a fixture for the storage tests
@@ -66,7 +68,38 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Service]:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackHub]:
+    """A Hugging Face hub on loopback, which the Ray workers of the session use. Only the
+    applications that set `use_hub` reach it; it starts with no files."""
+    state, server = start_hub(tmp_path_factory.mktemp("hub-cache"))
+    variables = {
+        "HF_ENDPOINT": state.url,
+        "HF_HUB_CACHE": str(state.cache),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        # Requests held at the hub's gate must not time out first.
+        "HF_HUB_ETAG_TIMEOUT": "300",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "300",
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)  # read by the raylet, hence every worker, as Ray starts
+    try:
+        yield state
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        state.release()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, hub: LoopbackHub
+) -> Iterator[Service]:
     """Ray, Serve and the application, once for the whole session."""
     port = free_port()
     data = tmp_path_factory.mktemp("service")

@@ -223,35 +223,6 @@ def test_graceful_shutdown_hands_tasks_back_and_a_restart_finishes_them(
     assert finished is not None and finished.claims == 1
 
 
-def test_a_model_that_failed_to_load_shows_in_healthz(service: Service, tmp_path: Path) -> None:
-    name = "broken"
-    args = AppArgs(
-        data_dir=str(tmp_path / "data"),
-        model_dir=str(tmp_path / "no-weights-here"),
-        use_hub=False,
-        public_url=f"{service.url}/{name}",
-    )
-    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
-    try:
-        deadline = time.monotonic() + 60
-        body: dict[str, Any] = {}
-        pause = threading.Event()  # never set: only a polling interval
-        while time.monotonic() < deadline:
-            answer = requests.get(f"{service.url}/{name}/healthz", timeout=30)
-            if answer.status_code == 503:
-                body = answer.json()
-                if separator_name("htdemucs_6s") in body["down"]:
-                    break
-            pause.wait(0.25)
-        down = body["down"][separator_name("htdemucs_6s")]
-        assert "model 'htdemucs_6s' is not available" in down, down
-        # The deployments that started, or are still starting, are not down.
-        assert list(body["down"]) == [separator_name("htdemucs_6s")]
-    finally:
-        serve.delete(name)
-    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
-
-
 DISK = "disk"
 MiB = 1 << 20
 
