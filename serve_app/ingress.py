@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 import uuid
 from pathlib import PurePosixPath
 from typing import Any
@@ -39,7 +40,7 @@ from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.health import deployments_down, deployments_waiting, model_state
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
-from serve_app.separator import ModelStatus, separator_name
+from serve_app.separator import ModelState, ModelStatus, separator_name
 from serve_app.settings import AppArgs
 from serve_app.storage import space_short, storage_fault
 from serve_app.tasks import (
@@ -52,6 +53,7 @@ from serve_app.tasks import (
 logger = logging.getLogger("ray.serve")
 
 PREFIX = "/api/public/v1"
+READY_TRUSTED_S = 30.0
 INPUT_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"})
 
 api = FastAPI(
@@ -182,6 +184,7 @@ class Ingress:
         self.args = args
         self.pipeline = pipeline
         self.separators = separators
+        self.ready_at: dict[str, float] = {}  # when each model was last seen ready
         self.routing = load_routing(args.routing)
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
@@ -312,12 +315,21 @@ class Ingress:
     async def _unavailable_model(self, stems: tuple[str, ...]) -> str | None:
         """Why a model the stems need cannot serve, if one cannot. A model still loading,
         or whose replica has not answered yet, can: the task waits for it."""
-        models = {step.model for step in make_plan(stems, self.routing).passes}
-        states = await asyncio.gather(
-            *(model_state(self.separators[model], model) for model in sorted(models))
-        )
+        models = sorted({step.model for step in make_plan(stems, self.routing).passes})
+        states = await asyncio.gather(*(self._model_state(model) for model in models))
         failed = [state.reason for state in states if state.status == ModelStatus.FAILED]
         return failed[0] if failed else None
+
+    async def _model_state(self, model: str) -> ModelState:
+        """The model's state; one seen ready is trusted for READY_TRUSTED_S, so that a busy
+        Separator's queue does not delay every POST (a loaded model rarely goes away)."""
+        seen = self.ready_at.get(model)
+        if seen is not None and time.monotonic() - seen < READY_TRUSTED_S:
+            return ModelState(model, ModelStatus.READY)
+        state = await model_state(self.separators[model], model)
+        if state.status == ModelStatus.READY:
+            self.ready_at[model] = time.monotonic()
+        return state
 
     def _space_short(self) -> str | None:
         """Why the data folder cannot take new work (below its free-space reserve)."""
