@@ -31,6 +31,10 @@ WAV_HEAD_BYTES = 64 * 1024
 # FFmpeg's demuxers for which it computes a length from the bitrate, never from a header.
 _NEVER_DECLARED = frozenset({"aac"})
 
+# Files may chain ID3v2 tags; more than this is no real file, and a crafted chain of empty
+# tags must not make reading the head walk the whole upload ten bytes at a time.
+MAX_ID3V2_TAGS = 8
+
 # Demuxers that search for the first frame past any junk: MP3 and ADTS AAC.
 _RESYNCING = frozenset({"mp3", "aac"})
 
@@ -186,13 +190,14 @@ def _mp3_has_vbr_tag(head: Head, first_packet_pos: int | None) -> bool:
 def _skip_id3v2(data: BinaryIO, head: bytes) -> int:
     """The offset after the ID3v2 tags at the start of `data` (0 if none)."""
     offset = 0
-    while True:
+    for _ in range(MAX_ID3V2_TAGS):
         tag = head[offset : offset + 10] if offset + 10 <= len(head) else _read_at(data, offset)
         if len(tag) < 10 or tag[:3] != b"ID3" or any(byte & 0x80 for byte in tag[6:10]):
-            return offset
+            break
         size = (tag[6] << 21) | (tag[7] << 14) | (tag[8] << 7) | tag[9]
         footer = 10 if tag[5] & 0x10 else 0
         offset += 10 + size + footer
+    return offset
 
 
 def _read_at(data: BinaryIO, offset: int) -> bytes:
