@@ -19,6 +19,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from models.audio import (
+    PROBE_PACKETS,
     SIDE_GAIN,
     DecodeLimits,
     Track,
@@ -664,3 +665,29 @@ def test_damaged_packets_are_counted(tmp_path: Path) -> None:
     damaged, short = track.warnings
     assert damaged.endswith(" left out: the input could not be decoded there")
     assert short == shortfall(track.duration_s, 12.0)
+
+
+def zero_adts_payloads(data: bytes, frames: int) -> bytes:
+    """ADTS AAC with the payloads of its first `frames` frames zeroed, headers kept: each
+    such packet fails to decode."""
+    damaged = bytearray(data)
+    position = 0
+    for _ in range(frames):
+        header = damaged[position : position + 7]
+        length = ((header[3] & 0x03) << 11) | (header[4] << 3) | (header[5] >> 5)
+        damaged[position + 7 : position + length] = bytes(length - 7)
+        position += length
+    return bytes(damaged)
+
+
+def test_probe_looks_for_audio_in_at_most_probe_packets(tmp_path: Path) -> None:
+    data = write_unknown_length("adts-aac", tmp_path / "song.aac", seconds=3.0)
+
+    assert probe_duration(zero_adts_payloads(data, PROBE_PACKETS - 1)) is None
+    with pytest.raises(AudioError, match="no audio could be decoded at its start"):
+        probe_duration(zero_adts_payloads(data, PROBE_PACKETS))
+    # Decoding goes on past them, and counts them.
+    track = decode(zero_adts_payloads(data, PROBE_PACKETS))
+    assert track.warnings == (
+        f"{PROBE_PACKETS} damaged packets were left out: the input could not be decoded there",
+    )
