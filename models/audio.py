@@ -6,6 +6,10 @@ plain audio/video containers, checks the size of the input before reading it, an
 the duration and decoded-size limits while decoding, so a file whose header lies about its
 length is stopped at the limit with memory bounded by that limit. Every failure surfaces as
 `AudioError` (or `AudioLimitError`) with a message that names the file by its basename only.
+An input that decodes but not whole (shorter than its header declares, damaged packets, no
+audio at its start) still gives a track, which carries the reasons in `Track.warnings`
+(models/integrity.py). `probe_duration` checks an upload cheaply: the length its header
+declares, if any, once its first audio has decoded.
 `to_model_input` folds a track into the model's channel count and sample rate: mono is
 duplicated, more than two channels are folded with the explicit ITU-R BS.775 style matrix of
 `stereo_downmix_matrix` (front left/right at unity, every other left or right channel at
@@ -20,7 +24,7 @@ import itertools
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -35,6 +39,15 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer
 
 from models.errors import AudioError, AudioLimitError
+from models.integrity import (
+    Head,
+    Tally,
+    codec_description,
+    declared_duration,
+    integrity_warnings,
+    read_head,
+    skipped_leading_bytes,
+)
 
 # Only plain containers: demuxers such as hls or concat would follow references to other
 # files or URLs named inside an upload.
@@ -55,6 +68,10 @@ WAVE_CHANNEL_ORDER = (
 _BYTES_PER_SAMPLE = 4  # float32
 
 _INPUT_NAME = "input"
+
+# How many packets `probe_duration` decodes at most, looking for the first audio: enough
+# for codecs whose first packets are all priming (AAC, Opus), few enough to stay cheap.
+PROBE_PACKETS = 64
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,13 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class Track:
-    """Decoded audio: float32 samples shaped (channels, frames), C-contiguous."""
+    """Decoded audio: float32 samples shaped (channels, frames), C-contiguous, and what a
+    user should know about the input it came from (empty when it decoded whole)."""
 
     samples: npt.NDArray[np.float32]
     sample_rate: int
     layout: str
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Keep the invariants every consumer of a track relies on."""
@@ -117,31 +136,45 @@ def decode(source: str | os.PathLike[str] | bytes, limits: DecodeLimits = Decode
     """Decode the first audio stream of a file, or of its bytes, within `limits`."""
     name = _input_name(source)
     with _open_input(source, limits, name) as data:
+        head = read_head(data)
         try:
             with _open_container(data, name) as container:
-                stream = _first_audio_stream(container, name)
+                stream = _first_audio_stream(container, head, name)
                 _check_stream_header(stream, limits, name)
-                return _decode_stream(container, stream, limits, name)
+                return _decode_stream(container, stream, head, limits, name)
         except (av.error.FFmpegError, ValueError) as error:
             raise AudioError(f"{name}: the audio could not be decoded") from error
 
 
-def probe_duration(source: str | os.PathLike[str] | bytes) -> float:
-    """The duration in seconds that a file's container or first audio stream declares,
-    read from the headers without decoding; a cheap estimate (a header can lie, which
-    `decode` catches). Raises AudioError when the file cannot be opened as audio."""
-    name = _input_name(source)
+def probe_duration(
+    source: str | os.PathLike[str] | bytes, *, name: str | None = None
+) -> float | None:
+    """The duration in seconds that a file's header declares, or None when it declares
+    none (a recording streamed as it was made, raw AAC, an MP3 without a VBR tag).
+
+    Decodes only up to the first audio (at most PROBE_PACKETS packets), so it is cheap; a
+    header can lie, which `decode` catches. Raises AudioError saying why when the file is
+    not audio this service can decode: not a recognised container, no audio stream, a codec
+    without a decoder here, or nothing decodable at its start. `name` replaces the file's
+    basename in messages.
+    """
+    name = name or _input_name(source)
     with _open_input(source, DecodeLimits(), name) as data:
+        head = read_head(data)
         try:
             with _open_container(data, name) as container:
-                stream = _first_audio_stream(container, name)
-                if stream.duration is not None and stream.time_base is not None:
-                    return float(stream.duration * stream.time_base)
-                if container.duration is not None:
-                    return container.duration / av.time_base
+                stream = _first_audio_stream(container, head, name)
+                tally = Tally()
+                frames = _decoded_frames(container, stream, tally, max_packets=PROBE_PACKETS)
+                if next(frames, None) is None:
+                    raise AudioError(
+                        f"{name}: no audio could be decoded at its start "
+                        "(empty, damaged, or not audio)"
+                    )
+                frames.close()
+                return declared_duration(container, stream, head, tally.first_packet_pos)
         except (av.error.FFmpegError, ValueError) as error:
             raise AudioError(f"{name}: the audio could not be read") from error
-    raise AudioError(f"{name}: the file does not say how long it is")
 
 
 def to_model_input(
@@ -272,11 +305,18 @@ def _open_container(data: BinaryIO, name: str) -> InputContainer:
         ) from error
 
 
-def _first_audio_stream(container: InputContainer, name: str) -> AudioStream:
-    """The first audio stream of the container."""
+def _first_audio_stream(container: InputContainer, head: Head, name: str) -> AudioStream:
+    """The first audio stream of the container, if this build can decode it."""
     if not container.streams.audio:
         raise AudioError(f"{name}: no audio stream found")
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    # PyAV gives a stream no codec context when FFmpeg has no decoder for its codec.
+    if stream.codec_context is None:
+        raise AudioError(
+            f"{name}: the audio codec ({codec_description(container, head)}) "
+            "is not one this service can decode"
+        )
+    return stream
 
 
 def _check_stream_header(stream: AudioStream, limits: DecodeLimits, name: str) -> None:
@@ -305,10 +345,12 @@ def _check_channels(channels: int, limits: DecodeLimits, name: str) -> None:
 
 
 def _decode_stream(
-    container: InputContainer, stream: AudioStream, limits: DecodeLimits, name: str
+    container: InputContainer, stream: AudioStream, head: Head, limits: DecodeLimits, name: str
 ) -> Track:
-    """Decode `stream` to float32 planar samples, stopping as soon as a limit is passed."""
-    frames = _decoded_frames(container, stream)
+    """Decode `stream` to float32 planar samples, stopping as soon as a limit is passed;
+    the track carries warnings when the input did not decode whole."""
+    tally = Tally()
+    frames = _decoded_frames(container, stream, tally)
     first = next(frames, None)
     if first is None:
         raise AudioError(f"{name}: the audio is empty (nothing could be decoded)")
@@ -325,7 +367,18 @@ def _decode_stream(
         chunks.extend(_planar_float(to_float.resample(frame)))
     chunks.extend(_planar_float(to_float.resample(None)))
     samples = np.concatenate(chunks, axis=1)
-    return Track(samples=samples, sample_rate=first.sample_rate, layout=_layout_name(first.layout))
+    warnings = integrity_warnings(
+        samples.shape[1] / first.sample_rate,
+        declared_duration(container, stream, head, tally.first_packet_pos),
+        tally,
+        skipped_leading_bytes(container, head, tally),
+    )
+    return Track(
+        samples=samples,
+        sample_rate=first.sample_rate,
+        layout=_layout_name(first.layout),
+        warnings=warnings,
+    )
 
 
 def _frame_limit(first: AudioFrame, limits: DecodeLimits, name: str) -> tuple[int, str]:
@@ -350,20 +403,35 @@ def _frame_limit(first: AudioFrame, limits: DecodeLimits, name: str) -> tuple[in
     )
 
 
-def _decoded_frames(container: InputContainer, stream: AudioStream) -> Iterator[AudioFrame]:
-    """Frames of `stream`, skipping packets that fail to decode, until the data ends.
+def _decoded_frames(
+    container: InputContainer,
+    stream: AudioStream,
+    tally: Tally,
+    *,
+    max_packets: int | None = None,
+) -> Generator[AudioFrame, None, None]:
+    """Frames of `stream`, skipping packets that fail to decode, until the data ends (or
+    `max_packets` packets with data have been read).
 
     Like the ffmpeg command line, a corrupt packet is skipped and a demuxing error ends the
-    stream, so truncated audio yields what could be decoded.
+    stream, so truncated audio yields what could be decoded; `tally` counts both.
     """
     try:
         for packet in container.demux(stream):
+            if max_packets is not None and tally.packets >= max_packets:
+                return
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
+                if packet.size:
+                    tally.packet(packet.pos, failed=True)
                 continue
+            if packet.size:  # not the empty packet that flushes the decoder at the end
+                tally.packet(packet.pos, failed=False)
             yield from (frame for frame in frames if frame.samples > 0)
-    except (av.error.InvalidDataError, av.error.EOFError):
+    except av.error.InvalidDataError:
+        tally.stopped_by_error = True
+    except av.error.EOFError:
         return
 
 

@@ -169,6 +169,7 @@ def _separate(args: argparse.Namespace) -> int:
             limits=limits,
             preprocessing=_names(args.preprocess),
             on_progress=on_progress,
+            on_warning=_warn,
         )
     for path in paths.values():
         print(path)
@@ -187,6 +188,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         raise SeparationError(f"input file not found: {args.input}")
     track = decode(args.input)
+    for warning in track.warnings:
+        _warn(warning)
     check_format(fmt, track)
     cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,11 @@ def _preprocess(args: argparse.Namespace) -> int:
         encoder.write(cleaned)
     print(args.out)
     return 0
+
+
+def _warn(warning: str) -> None:
+    """Tell the user about an input that did not decode whole; the work goes on."""
+    print(f"warning: {warning}", file=sys.stderr)
 
 
 def _names(value: str) -> list[str]:

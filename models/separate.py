@@ -13,7 +13,7 @@ the input exactly before encoding.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -131,20 +131,25 @@ def separate_file(
     limits: DecodeLimits | None = None,
     preprocessing: Sequence[str] | None = None,
     on_progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Separate an audio file into `stems`, after the named preprocessing steps;
-    return the written file of each stem."""
+    return the written file of each stem. `on_warning` hears each warning about the
+    input (models/integrity.py), such as it being shorter than its header declares."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     store = store or ModelStore(load_routing())
     plan = make_plan(stems, store.routing)
     steps = parse_steps(preprocessing)
     track = decode(source, limits or DecodeLimits())
+    if on_warning is not None:
+        for warning in track.warnings:
+            on_warning(warning)
     check_format(fmt, track)
     if steps:
         device = resolve_device(options.device).type
         cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
-        track = Track(cleaned, track.sample_rate, track.layout)
+        track = replace(track, samples=cleaned)
     models = LocalModels(store, resolve_device(options.device), options.precision)
     return write_stems(
         plan, track, models, out_dir, fmt=fmt, options=options, on_progress=on_progress

@@ -46,6 +46,7 @@ def conversion(record: TaskRecord, public_url: str) -> dict[str, Any]:
         "conversion_type": "EXTRACTION",
         "status": record.status.value,
         "status_msg": record.status_msg,
+        "warnings": list(record.warnings),
         "stems": stems,
         "requested_stems": list(record.spec.stems),
         "preprocessing_options": list(record.spec.preprocessing),

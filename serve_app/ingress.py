@@ -354,14 +354,14 @@ class Ingress:
         duration: float | None = None
         input_key: str | None = None
         if form.upload is not None:
+            # None: the file declares no length (a stream recorded as it was made); the
+            # limit is then enforced while decoding, and the estimates are unknown.
             try:
-                duration = probe_duration(form.upload)
+                duration = probe_duration(form.upload, name="audio_file")
             except AudioError as failure:
-                raise FormError(
-                    "audio_file is not an audio file this service can read", field="audio_file"
-                ) from failure
+                raise FormError(str(failure), field="audio_file") from failure
             limit = self.args.decode.max_duration_s
-            if duration > limit:
+            if duration is not None and duration > limit:
                 raise FormError(
                     f"audio_file is {duration:.0f} seconds long; the limit is {limit:g} seconds",
                     field="audio_file",

@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +39,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from models.audio import Track, decode
+from models.audio import decode
 from models.engine import Geometry, WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.planner import Plan, make_plan
@@ -422,12 +422,16 @@ class Pipeline:
                 spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
             )
         track = await asyncio.to_thread(decode, source, self.args.decode.limits())
+        for warning in track.warnings:
+            logger.info(
+                "task %s: input: %s", record.task_id, warning, extra={"task_id": record.task_id}
+            )
         check_format(spec.output_format, track)
         if spec.preprocessing:
             cleaned = await self.preprocessor.clean.remote(
                 track.samples, track.sample_rate, spec.preprocessing
             )
-            track = Track(cleaned, track.sample_rate, track.layout)
+            track = replace(track, samples=cleaned)  # keeps the input's warnings
         models = RemoteModels(self.routing, self.separators, record.task_id)
         options = EngineOptions(
             batch_size=self.settings.segments_in_flight,
@@ -457,6 +461,7 @@ class Pipeline:
             results,
             duration_s=track.duration_s,
             conversion_cost=credits(track.duration_s, self.args.pricing.credits_per_minute),
+            warnings=track.warnings,
             payload=self._payload,
         )
         if final is None:

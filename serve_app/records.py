@@ -61,6 +61,8 @@ class TaskRecord:
     # Retention: set when the task's files stopped being served, then when they were deleted.
     files_expired_at: datetime | None = None
     files_deleted_at: datetime | None = None
+    # What a user should know about the input of a COMPLETED task (say, it was truncated).
+    warnings: tuple[str, ...] = ()
 
 
 class DeliveryState(StrEnum):

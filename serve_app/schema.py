@@ -111,6 +111,8 @@ task_table = Table(
     Column("request_fingerprint", Text),
     Column("files_expired_at", UtcDateTime),
     Column("files_deleted_at", UtcDateTime),
+    # A JSON list of what a user should know about the input (models/integrity.py).
+    Column("warnings", Text),
     Index("ix_tasks_claim", "status", "lease_until"),
     Index("ix_tasks_finished", "status", "finished_at"),
     # A unique index rather than a table constraint: SQLite can add an index to an old table,
@@ -285,6 +287,7 @@ def to_record(row: Row[Any]) -> TaskRecord:
         lease_until=row.lease_until,
         files_expired_at=row.files_expired_at,
         files_deleted_at=row.files_deleted_at,
+        warnings=tuple(json.loads(row.warnings or "[]")),
     )
 
 

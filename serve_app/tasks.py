@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -281,17 +281,21 @@ class TaskStore:
         *,
         duration_s: float,
         conversion_cost: float,
+        warnings: Sequence[str] = (),
         payload: Payload | None = None,
         now: datetime | None = None,
     ) -> TaskRecord | None:
         """Mark the task COMPLETED with its stem files, if `worker` holds it; None otherwise.
 
-        With a webhook_url and `payload`, the delivery is enqueued in the same transaction; if
+        `warnings` about the input are kept, and joined into the status message. With a
+        webhook_url and `payload`, the delivery is enqueued in the same transaction; if
         `payload` raises, nothing is written and the error propagates.
         """
         moment = _moment(now)
         values = {
             "status": Status.COMPLETED.value,
+            "status_msg": "; ".join(warnings),
+            "warnings": json.dumps(list(warnings)),
             "progress": 1.0,
             "results": json.dumps(results),
             "duration_s": duration_s,

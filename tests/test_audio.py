@@ -19,6 +19,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from models.audio import (
+    PROBE_PACKETS,
     SIDE_GAIN,
     DecodeLimits,
     Track,
@@ -28,6 +29,7 @@ from models.audio import (
     to_model_input,
 )
 from models.errors import AudioError, AudioLimitError
+from models.integrity import SHORTFALL_TOLERANCE_S
 
 # Each channel gets its own frequency, so channel order and content can both be checked.
 CHANNEL_HZ = (1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0)
@@ -58,9 +60,10 @@ def write_audio(
     codec: str,
     video_codec: str | None = None,
     options: dict[str, str] | None = None,
+    muxer_options: dict[str, str] | None = None,
 ) -> None:
     """Encode float samples (and optionally a tiny black video) into `path` with PyAV."""
-    with av.open(str(path), mode="w", format=muxer) as container:
+    with av.open(str(path), mode="w", format=muxer, options=muxer_options or {}) as container:
         # Every stream must exist before the first packet is muxed.
         video = add_video(container, video_codec) if video_codec is not None else None
         stream = container.add_stream(codec, rate=rate, layout=layout, options=options)
@@ -169,6 +172,10 @@ def test_each_format_decodes_to_its_rate_channels_length_and_content(
 
     track = decode(path.read_bytes() if from_bytes else path)
 
+    # A complete file is never reported as damaged: encoder delay, padding and priming
+    # are not a shortfall.
+    assert track.warnings == ()
+    assert probe_duration(path) == pytest.approx(1.0, abs=0.05)
     assert track.sample_rate == case.rate
     assert track.channels == channels
     assert track.layout == case.layout
@@ -314,9 +321,11 @@ def test_truncated_mp3(tmp_path: Path) -> None:
 
     with pytest.raises(AudioError, match="not a recognised audio file"):
         decode(data[:100])
-    # The first half decodes to what it holds, without error.
+    # The first half decodes to what it holds, and says it is short of what the LAME
+    # header (a Xing frame) declares.
     half = decode(data[: len(data) // 2])
     assert 0 < half.frames < 44100
+    assert half.warnings == (shortfall(half.duration_s, 1.0),)
 
 
 def test_video_without_audio_is_refused(tmp_path: Path) -> None:
@@ -326,6 +335,8 @@ def test_video_without_audio_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(AudioError, match="no audio stream found"):
         decode(path)
+    with pytest.raises(AudioError, match="no audio stream found"):
+        probe_duration(path)
 
 
 def test_rate_change_mid_stream_is_refused(tmp_path: Path) -> None:
@@ -459,3 +470,224 @@ def test_probe_duration_reads_the_header_without_decoding(tmp_path: Path) -> Non
     assert probe_duration(path) == pytest.approx(3.0, abs=0.05)
     with pytest.raises(AudioError):
         probe_duration(b"not audio at all" * 100)
+
+
+def test_probe_names_the_input_as_told() -> None:
+    with pytest.raises(AudioError, match=r"^audio_file: not a recognised audio file"):
+        probe_duration(b"not audio at all" * 100, name="audio_file")
+
+
+def test_a_codec_without_a_decoder_is_named(tmp_path: Path) -> None:
+    # A WAV whose format tag no decoder of this build knows.
+    data = bytearray(wav_bytes(tone(8000, 800, 1), 8000))
+    data[20:22] = struct.pack("<H", 0x1234)
+
+    for probe_or_decode in (probe_duration, decode):
+        with pytest.raises(AudioError, match=r"audio codec \(WAVE format tag 0x1234\) is not one"):
+            probe_or_decode(bytes(data))
+
+
+def test_probe_refuses_a_file_whose_start_does_not_decode() -> None:
+    header_only = wav_bytes(tone(8000, 800, 1), 8000)[:44]
+
+    with pytest.raises(AudioError, match="no audio could be decoded at its start"):
+        probe_duration(header_only)
+
+
+# Inputs whose header declares no length: what streaming encoders and browsers write.
+
+
+def flac_without_total_samples(path: Path, samples: npt.NDArray[np.float32], rate: int) -> bytes:
+    """A FLAC whose STREAMINFO says 0 total samples (unknown), as a streaming encoder
+    writes it."""
+    write_audio(path, samples, rate=rate, layout="stereo", muxer="flac", codec="flac")
+    data = bytearray(path.read_bytes())
+    # STREAMINFO follows "fLaC" and a 4-byte block header; its bytes 10-17 pack the sample
+    # rate (20 bits), channels (3), bits per sample (5) and total samples (36).
+    start = 8 + 10
+    packed = int.from_bytes(data[start : start + 8], "big") >> 36 << 36
+    data[start : start + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def write_unknown_length(kind: str, path: Path, seconds: float) -> bytes:
+    """`seconds` of stereo tones in a file whose header declares no length."""
+    rate = 48000 if kind == "webm-recording" else 44100
+    samples = tone(rate, round(rate * seconds), 2)
+    if kind == "flac-streamed":
+        return flac_without_total_samples(path, samples, rate)
+    muxer, codec, muxer_options = {
+        # Matroska's live mode writes no Duration element, as MediaRecorder does.
+        "webm-recording": ("webm", "libopus", {"live": "1"}),
+        "adts-aac": ("adts", "aac", {}),
+        "mp3-without-xing": ("mp3", "libmp3lame", {"write_xing": "0"}),
+    }[kind]
+    write_audio(
+        path,
+        samples,
+        rate=rate,
+        layout="stereo",
+        muxer=muxer,
+        codec=codec,
+        muxer_options=muxer_options,
+    )
+    return path.read_bytes()
+
+
+UNKNOWN_LENGTH = ("flac-streamed", "webm-recording", "adts-aac", "mp3-without-xing")
+
+
+@pytest.mark.parametrize("kind", UNKNOWN_LENGTH)
+def test_audio_without_a_declared_length_is_probed_as_unknown_and_decodes_whole(
+    tmp_path: Path, kind: str
+) -> None:
+    data = write_unknown_length(kind, tmp_path / "input", seconds=3.0)
+
+    assert probe_duration(data) is None
+    track = decode(data)
+    assert track.duration_s == pytest.approx(3.0, abs=0.06)
+    assert track.warnings == ()
+
+
+# Truncated and damaged inputs: the track holds what decoded, the warnings say what is
+# missing.
+
+
+def shortfall(decoded_s: float, declared_s: float) -> str:
+    """The warning for a track shorter than its header declares."""
+    return (
+        f"the input is shorter than its header declares: {decoded_s:.1f} s of audio decoded "
+        f"of the {declared_s:.1f} s declared; the stems cover the decoded part"
+    )
+
+
+def test_wav_holding_less_than_its_header_declares_warns() -> None:
+    # The header says 12 s, the data holds 1 s.
+    data = wav_bytes(tone(8000, 8000, 1), 8000, data_size=12 * 8000 * 2)
+
+    assert probe_duration(data) == 12.0
+    track = decode(data)
+    assert track.frames == 8000
+    assert track.warnings == (shortfall(1.0, 12.0),)
+
+
+def test_a_shortfall_within_the_tolerance_is_no_warning() -> None:
+    rate = 8000
+    whole = wav_bytes(tone(rate, rate, 1), rate)
+    margin = rate // 100  # 10 ms either side of the tolerance
+    kept = round(rate * (1.0 - SHORTFALL_TOLERANCE_S))
+
+    assert decode(whole[: 44 + 2 * (kept + margin)]).warnings == ()
+    short = decode(whole[: 44 + 2 * (kept - margin)])
+    assert short.warnings == (shortfall(short.duration_s, 1.0),)
+
+
+def test_flac_cut_short_warns(tmp_path: Path) -> None:
+    path = tmp_path / "whole.flac"
+    write_audio(
+        path, tone(44100, 3 * 44100, 2), rate=44100, layout="stereo", muxer="flac", codec="flac"
+    )
+    data = path.read_bytes()
+
+    track = decode(data[: len(data) // 3])
+
+    assert 0 < track.duration_s < 1.5
+    # The last, cut-off frame fails to decode: that is the truncation, not told twice.
+    assert track.warnings == (shortfall(track.duration_s, 3.0),)
+
+
+def test_mp3_cut_to_a_twelfth_warns(tmp_path: Path) -> None:
+    path = tmp_path / "song.mp3"
+    write_audio(
+        path,
+        tone(44100, 12 * 44100, 2),
+        rate=44100,
+        layout="stereo",
+        muxer="mp3",
+        codec="libmp3lame",
+    )
+    data = path.read_bytes()
+
+    track = decode(data[: len(data) // 12])
+
+    assert track.duration_s == pytest.approx(1.0, abs=0.1)
+    assert track.warnings == (shortfall(track.duration_s, 12.0),)
+
+
+@pytest.mark.parametrize(("muxer", "codec"), [("mp3", "libmp3lame"), ("adts", "aac")])
+def test_input_missing_its_first_10_kb_warns(tmp_path: Path, muxer: str, codec: str) -> None:
+    path = tmp_path / f"song.{muxer}"
+    write_audio(
+        path, tone(44100, 12 * 44100, 2), rate=44100, layout="stereo", muxer=muxer, codec=codec
+    )
+    data = path.read_bytes()[10 * 1024 :]
+
+    assert probe_duration(data) is None
+    track = decode(data)
+
+    assert 10.0 < track.duration_s < 12.0
+    assert len(track.warnings) == 1
+    assert track.warnings[0].startswith("the input does not begin with audio: ")
+    assert track.warnings[0].endswith(
+        " bytes before its first frame were skipped; the beginning of the file may be missing"
+    )
+
+
+def test_input_cut_in_the_middle_of_a_packet_warns_without_a_declared_length(
+    tmp_path: Path,
+) -> None:
+    data = write_unknown_length("adts-aac", tmp_path / "song.aac", seconds=3.0)
+
+    track = decode(data[: len(data) // 2])
+
+    assert track.warnings == (
+        "the input ends in the middle of a packet, so it looks truncated; "
+        f"the stems cover the {track.duration_s:.1f} s decoded",
+    )
+
+
+def test_damaged_packets_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "song.mp3"
+    write_audio(
+        path,
+        tone(44100, 12 * 44100, 2),
+        rate=44100,
+        layout="stereo",
+        muxer="mp3",
+        codec="libmp3lame",
+    )
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = bytes(3000)  # zeros in place of about seven frames
+
+    track = decode(bytes(data))
+
+    damaged, short = track.warnings
+    assert damaged.endswith(" left out: the input could not be decoded there")
+    assert short == shortfall(track.duration_s, 12.0)
+
+
+def zero_adts_payloads(data: bytes, frames: int) -> bytes:
+    """ADTS AAC with the payloads of its first `frames` frames zeroed, headers kept: each
+    such packet fails to decode."""
+    damaged = bytearray(data)
+    position = 0
+    for _ in range(frames):
+        header = damaged[position : position + 7]
+        length = ((header[3] & 0x03) << 11) | (header[4] << 3) | (header[5] >> 5)
+        damaged[position + 7 : position + length] = bytes(length - 7)
+        position += length
+    return bytes(damaged)
+
+
+def test_probe_looks_for_audio_in_at_most_probe_packets(tmp_path: Path) -> None:
+    data = write_unknown_length("adts-aac", tmp_path / "song.aac", seconds=3.0)
+
+    assert probe_duration(zero_adts_payloads(data, PROBE_PACKETS - 1)) is None
+    with pytest.raises(AudioError, match="no audio could be decoded at its start"):
+        probe_duration(zero_adts_payloads(data, PROBE_PACKETS))
+    # Decoding goes on past them, and counts them.
+    track = decode(zero_adts_payloads(data, PROBE_PACKETS))
+    assert track.warnings == (
+        f"{PROBE_PACKETS} damaged packets were left out: the input could not be decoded there",
+    )

@@ -171,3 +171,33 @@ def test_missing_weights_name_the_folder_and_the_hub(tmp_path: Path, song: Path)
     assert "'htdemucs_6s' not found" in result.stderr
     assert str(tmp_path / "htdemucs_6s.yaml") in result.stderr
     assert "Hugging Face hub adefossez/HTDemucs-6s" in result.stderr
+
+
+@pytest.fixture
+def cut_song(song: Path, tmp_path: Path) -> Path:
+    """The song's FLAC cut to its first third: STREAMINFO still declares one second."""
+    path = tmp_path / "cut.flac"
+    path.write_bytes(song.read_bytes()[: song.stat().st_size // 3])
+    return path
+
+
+@pytest.mark.parametrize("command", ["separate", "preprocess"])
+def test_a_truncated_input_is_processed_with_a_warning_on_stderr(
+    cut_song: Path,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    if command == "separate":
+        arguments = ["--stems", "drums", "--out", str(tmp_path / "o")]
+        arguments += ["--model-dir", str(model_dir), "--no-hub"]
+    else:
+        arguments = ["--steps", "Denoise", "--out", str(tmp_path / "clean.wav")]
+
+    assert main([command, str(cut_song), *arguments]) == 0
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: the input is shorter than its header declares: ")
+    assert lines[0].endswith(" of the 1.0 s declared; the stems cover the decoded part")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from serve_app.conversion import conversion, credits, eta_s, file_url
@@ -48,3 +49,6 @@ def test_conversion_object_has_musicgpt_fields_and_stem_urls() -> None:
     assert body["stems"]["vocals"] == file_url("http://host:8000", "t 1", "vocals.flac")
     for name in ("task_id", "conversion_id", "status_msg", "audio_url", "progress", "createdAt"):
         assert name in body
+    assert body["warnings"] == []  # always present
+    warned = conversion(replace(record, warnings=("the input ended early",)), "http://host")
+    assert warned["warnings"] == ["the input ended early"]

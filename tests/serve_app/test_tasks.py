@@ -250,6 +250,22 @@ def test_complete_finishes_the_task_and_enqueues_its_webhook(store: TaskStore) -
     assert json.loads(delivery.payload) == {"task_id": task_id, "status": "COMPLETED"}
 
 
+def test_complete_keeps_the_inputs_warnings_and_says_them_in_the_status(
+    store: TaskStore,
+) -> None:
+    warnings = ("the input is shorter than its header declares", "2 damaged packets were left out")
+    task_id = store.create(spec(webhook_url=HOOK)).task_id
+    claimed(store, "w1")
+
+    final = store.complete(
+        task_id, "w1", {}, duration_s=1.0, conversion_cost=0.0, warnings=warnings, payload=body
+    )
+
+    assert final is not None and store.get(task_id) == final
+    assert final.warnings == warnings
+    assert final.status_msg == "; ".join(warnings)
+
+
 @pytest.mark.parametrize(
     ("webhook_url", "payload"), [(None, body), (HOOK, None)], ids=["no-url", "no-payload"]
 )
@@ -695,7 +711,13 @@ def test_two_processes_with_one_key_create_one_task(store: TaskStore, url: str) 
     assert_one_task_created(store, outcomes)
 
 
-NEWER_COLUMNS = ("idempotency_key", "request_fingerprint", "files_expired_at", "files_deleted_at")
+NEWER_COLUMNS = (
+    "idempotency_key",
+    "request_fingerprint",
+    "files_expired_at",
+    "files_deleted_at",
+    "warnings",
+)
 
 
 def test_a_database_made_before_the_newer_columns_is_upgraded(url: str, tmp_path: Path) -> None:
@@ -718,6 +740,7 @@ def test_a_database_made_before_the_newer_columns_is_upgraded(url: str, tmp_path
     try:
         kept = store.get(task_id)
         assert kept is not None and kept.files_expired_at is None
+        assert kept.warnings == ()
         first, _ = store.create_once(spec(), "key-1", "fp")
         assert store.create_once(spec(), "key-1", "fp") == (first, False)
     finally:
