@@ -44,6 +44,7 @@ from serve_app.tasks import (
     TaskStore,
     check_idempotency_key,
 )
+from serve_app.unreadbody import CloseUnreadBody
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,6 +60,8 @@ api = FastAPI(
         "`Authorization: <key>` on every call when auth is on."
     ),
 )
+
+api.add_middleware(CloseUnreadBody)
 
 EXTRACTION_BODY: dict[str, Any] = {
     "requestBody": {
