@@ -20,9 +20,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-# The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml).
+# The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml). The
+# variable makes Serve's HTTP proxy install serve_app/proxyguard.py as it starts: header
+# timeout, connection bounds, bounded request bodies (STEMSPLIT_PROXY_* set the limits).
 run: install
-	$(BIN)/serve run configs/local.yaml
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxyguard:install \
+		$(BIN)/serve run configs/local.yaml
 
 # A small random-weight htdemucs_6s in data/models, to try the API offline. Its
 # stems are noise: it only shows that the service works end to end.

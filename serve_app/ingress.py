@@ -36,6 +36,7 @@ from models.stems import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
 from serve_app.admission import RateLimiter, Refusal, Slot
 from serve_app.auth import Authenticator, AuthError
 from serve_app.blobs import LocalBlobStore
+from serve_app.bodyqueue import pace_replica
 from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.health import deployments_down, deployments_waiting, model_state
@@ -49,6 +50,7 @@ from serve_app.tasks import (
     TaskStore,
     check_idempotency_key,
 )
+from serve_app.unreadbody import CloseUnreadBody
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,6 +66,8 @@ api = FastAPI(
         "`Authorization: <key>` on every call when auth is on."
     ),
 )
+
+api.add_middleware(CloseUnreadBody)
 
 EXTRACTION_BODY: dict[str, Any] = {
     "requestBody": {
@@ -191,6 +195,7 @@ class Ingress:
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
         self.app_name = serve.get_replica_context().app_name
+        pace_replica()  # request bodies reach this replica only as fast as it reads them
 
     @api.post(f"{PREFIX}/Extraction", openapi_extra=EXTRACTION_BODY)
     async def extraction(self, request: Request) -> JSONResponse:

@@ -24,6 +24,7 @@ from models.audio import decode
 from models.encode import StemEncoder
 from models.synth import render_music
 from serve_app.app import build_app
+from serve_app.proxyguard import ProxySettings
 from serve_app.settings import (
     ApiKey,
     AppArgs,
@@ -46,6 +47,9 @@ SECRET = new_secret()
 UPLOAD_CAP = 4 * 1024**2
 RATE = 44100
 APP = "stemsplit"
+# Serve's HTTP proxy limits (serve_app/proxyguard.py), the defaults but for a header
+# timeout short enough for the slow-client tests (test_proxyguard.py) to wait out.
+PROXY = ProxySettings(header_timeout_s=5.0)
 
 
 def free_port() -> int:
@@ -123,7 +127,12 @@ def service(
             lease_s=3.0, poll_s=0.5, tasks_per_replica=3, segments_in_flight=2
         ),
     )
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    with pytest.MonkeyPatch.context() as environment:
+        # Ray's processes, the proxy among them, inherit the environment ray.init starts
+        # them in: the only way to give the proxy its guard and limits.
+        for name, value in PROXY.environ().items():
+            environment.setenv(name, value)
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP, route_prefix="/")

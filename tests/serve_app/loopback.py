@@ -1,12 +1,18 @@
-"""A real aiohttp server on a free port of 127.0.0.1, for tests that need something to
-fetch from or to post webhooks to."""
+"""Real servers on free ports of 127.0.0.1: aiohttp, for tests that need something to
+fetch from or to post webhooks to; uvicorn, for tests of what runs in Serve's proxy."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
+import uvicorn
 from aiohttp import web
+from starlette.types import ASGIApp
 
 
 @asynccontextmanager
@@ -20,3 +26,26 @@ async def serve_on_loopback(app: web.Application) -> AsyncIterator[str]:
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def uvicorn_on_loopback(app: ASGIApp, **config: Any) -> Iterator[int]:
+    """Run `app` with uvicorn (these Config options) in a thread until the block ends;
+    yields its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None, **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        thread.join(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
