@@ -43,7 +43,7 @@ from models.errors import SeparationError
 from models.planner import make_plan
 from models.routing import Routing, load_routing
 from models.separate import EngineOptions, check_format, write_stems
-from serve_app import metrics
+from serve_app import metrics, replicas
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, stem_key
 from serve_app.dispatcher import WebhookDispatcher
@@ -383,8 +383,11 @@ class Pipeline:
         track = await asyncio.to_thread(decode, source, self.args.decode.limits())
         check_format(spec.output_format, track)
         if spec.preprocessing:
-            cleaned = await self.preprocessor.clean.remote(
-                track.samples, track.sample_rate, spec.preprocessing
+            cleaned = await replicas.awaited(
+                lambda: self.preprocessor.clean.remote(
+                    track.samples, track.sample_rate, spec.preprocessing
+                ),
+                f"task {record.task_id}: the Preprocessor's cleaning",
             )
             track = Track(cleaned, track.sample_rate, track.layout)
         plan = make_plan(spec.stems, self.routing)
