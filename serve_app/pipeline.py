@@ -34,7 +34,7 @@ from typing import Any, cast
 import ray
 import torch
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from models.audio import Track, decode
@@ -59,10 +59,6 @@ from serve_app.webhooks import new_secret
 logger = logging.getLogger("ray.serve")
 
 PROGRESS_EVERY_S = 1.0  # at most one progress write per task per second
-SEGMENT_RETRIES = 3
-# What a call to a replica raises when the replica died or left before answering
-# (ActorDiedError and ActorUnavailableError are kinds of it).
-REPLICA_GONE = RayActorError
 
 
 class LeaseLostError(Exception):
@@ -95,13 +91,14 @@ class RemoteModels:
     task_id: str
 
     def geometry(self, model: str) -> Geometry:
-        """The model's geometry, asked of its Separator."""
+        """The model's geometry, asked of its Separator (again if its replica died)."""
         handle = self.separators[model]
-        shape: ModelShape = handle.shape.remote().result()
+        what = f"task {self.task_id}: a Separator's model shape"
+        shape: ModelShape = replicas.result(lambda: handle.shape.remote(), what)
 
         @functools.cache
         def valid_length(length: int) -> int:
-            return int(handle.valid_length.remote(length).result())
+            return int(replicas.result(lambda: handle.valid_length.remote(length), what))
 
         return Geometry(
             samplerate=shape.samplerate,
@@ -126,20 +123,11 @@ class RemoteModels:
         return run
 
     def _result(self, handle: DeploymentHandle, job: SegmentJob, response: Any) -> torch.Tensor:
-        """A segment's output; a segment whose replica died is sent again (to a live one),
-        up to SEGMENT_RETRIES times. A segment is a pure function of its window, so running
-        it twice changes nothing."""
-        for attempt in range(SEGMENT_RETRIES + 1):
-            try:
-                return cast(torch.Tensor, response.result())
-            except REPLICA_GONE:
-                if attempt == SEGMENT_RETRIES:
-                    raise
-                logger.warning(
-                    "task %s: a Separator replica died; segment sent again", self.task_id
-                )
-                response = handle.separate.remote(job)
-        raise AssertionError("the loop above returns or raises")
+        """A segment's output; a segment whose replica died is sent again (to a live one).
+        A segment is a pure function of its window, so running it twice changes nothing."""
+        what = f"task {self.task_id}: a Separator's segment"
+        output = replicas.result(lambda: handle.separate.remote(job), what, sent=response)
+        return cast(torch.Tensor, output)
 
 
 def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
