@@ -49,7 +49,7 @@ from serve_app.conversion import conversion, credits, stem_key
 from serve_app.dispatcher import WebhookDispatcher
 from serve_app.fetch import FetchError, fetch_audio
 from serve_app.records import Status, TaskRecord
-from serve_app.retention import sweep, sweep_orphan_inputs
+from serve_app.retention import sweep, sweep_orphan_inputs, sweep_work_folders, work_folder_name
 from serve_app.separator import ModelShape, SegmentJob
 from serve_app.settings import AppArgs
 from serve_app.storage import log_loop_failure, space_short, storage_fault
@@ -266,14 +266,19 @@ class Pipeline:
         return note is not None
 
     def _sweep(self) -> None:
-        """Delete the files of tasks past the retention time, and uploads no task uses
-        (those only after an hour at least: an upload becomes a task within moments)."""
+        """Delete the files of tasks past the retention time, uploads no task uses (those
+        only after an hour at least: an upload becomes a task within moments), and the work
+        folders of workers that died at work."""
         keep_s = self.args.retention.keep_s
         swept = sweep(self.store, self.blobs, older_than_s=keep_s)
         orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
-        if swept or orphans:
+        stopped = sweep_work_folders(self.store, self.work_dir)
+        if swept or orphans or stopped:
             logger.info(
-                "retention: deleted the files of %d tasks, %d unused uploads", swept, orphans
+                "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",
+                swept,
+                orphans,
+                stopped,
             )
 
     def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
@@ -290,7 +295,7 @@ class Pipeline:
         log.info("task %s: claimed (claim %d)", task_id, record.claims)
         lost = self.lost.setdefault(task_id, asyncio.Event())
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(task_id, lost))
-        folder = self.work_dir / f"{task_id}-{self.worker}"
+        folder = self.work_dir / work_folder_name(task_id, self.worker)
         started = time.monotonic()
         try:
             final = await self._process(record, folder, lost)

@@ -1,5 +1,6 @@
 """Retention: deletes the files of tasks that finished long ago (the uploaded input and the
-stems) and uploads that no task came to use, so that the blob store does not grow forever.
+stems), uploads that no task came to use, and the folders of Pipeline workers that died at
+work, so that the data folder does not grow forever.
 
 Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
 deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
@@ -14,13 +15,18 @@ idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download 
 the task up just before the mark may still be cut short; the window is that request's.
 
 Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
-"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`)."""
+"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`). A Pipeline
+worker computes a task in its own folder, "<task_id>-<worker>" (`work_folder_name`), and
+deletes it when done; only a worker that died skips that."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from serve_app.blobs import BlobStore, LocalBlobStore
 from serve_app.records import TaskRecord
@@ -87,6 +93,39 @@ def sweep_orphan_inputs(
                 blobs.delete_prefix(upload.prefix)
                 swept += 1
     return swept
+
+
+def work_folder_name(task_id: str, worker: str) -> str:
+    """The name of the folder a Pipeline `worker` computes `task_id` in."""
+    return f"{task_id}-{worker}"
+
+
+def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
+    """Delete the work folders of workers that no longer hold their task: left by a Pipeline
+    replica that died at work, whose task then ran again elsewhere or ended. A folder whose
+    worker holds its task is in use and stays. How many were deleted."""
+    if not work_dir.is_dir():
+        return 0
+    deleted = 0
+    for folder in work_dir.iterdir():
+        task_id, worker = _work_folder_owner(folder.name)
+        if task_id is None or not folder.is_dir():
+            continue
+        record = store.get(task_id)
+        if record is None or record.lease_owner != worker:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted += 1
+    return deleted
+
+
+def _work_folder_owner(name: str) -> tuple[str | None, str]:
+    """The task id and worker a work folder's name holds; (None, "") for another name."""
+    task_id, dash, worker = name[:36], name[36:37], name[37:]
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return None, ""
+    return (task_id, worker) if dash == "-" and worker else (None, "")
 
 
 def _delete_files(
