@@ -1,6 +1,7 @@
 """Retention: deletes the files of tasks that finished long ago (the uploaded input and the
-stems), uploads that no task came to use, and the folders of Pipeline workers that died at
-work, so that the data folder does not grow forever.
+stems), uploads that no task came to use, and what a crashed process left behind (a partial
+upload in the spool, a Pipeline worker's folder), so that the data folder does not grow
+forever.
 
 Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
 deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
@@ -76,7 +77,8 @@ def sweep_orphan_inputs(
 ) -> int:
     """Delete uploads under inputs/ that no task names and whose files are all older than
     `older_than_s` seconds: an upload whose task creation failed, or a repeated idempotent
-    request's upload. How many uploads were deleted.
+    request's upload; and uploads left in the spool unwritten for as long, by a request whose
+    Ingress replica died while it read the body. How many uploads were deleted.
 
     A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
     time between storing an upload and creating its task, which is seconds.
@@ -92,7 +94,7 @@ def sweep_orphan_inputs(
             if in_use.isdisjoint(upload.keys):
                 blobs.delete_prefix(upload.prefix)
                 swept += 1
-    return swept
+    return swept + _sweep_spool(blobs, cutoff)
 
 
 def work_folder_name(task_id: str, worker: str) -> str:
@@ -126,6 +128,19 @@ def _work_folder_owner(name: str) -> tuple[str | None, str]:
     except ValueError:
         return None, ""
     return (task_id, worker) if dash == "-" and worker else (None, "")
+
+
+def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
+    """Delete the spool's uploads last written before `cutoff` (a POSIX time); how many."""
+    deleted = 0
+    for entry in blobs.spool_dir().iterdir():
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                deleted += 1
+        except FileNotFoundError:  # its request finished and removed it meanwhile
+            continue
+    return deleted
 
 
 def _delete_files(

@@ -260,6 +260,19 @@ def test_orphan_sweep_works_in_batches_and_on_an_empty_store(
     assert blob_keys(blobs) == {used.spec.input_key}
 
 
+def test_uploads_left_in_the_spool_go_once_unwritten_for_the_age(
+    store: TaskStore, blobs: LocalBlobStore
+) -> None:
+    # What a request whose Ingress replica died mid-upload leaves: a partial spooled body.
+    spool = blobs.spool_dir()
+    stale, writing = spool / "upload-stale", spool / "upload-writing"
+    for path, written in ((stale, at(0)), (writing, LATER - timedelta(minutes=10))):
+        path.write_bytes(b"part of a body")
+        os.utime(path, (written.timestamp(), written.timestamp()))
+    assert sweep_orphan_inputs(store, blobs, older_than_s=HOUR, now=LATER) == 1
+    assert sorted(spool.iterdir()) == [writing]
+
+
 def test_work_folders_of_workers_that_no_longer_hold_their_task_go(
     store: TaskStore, tmp_path: Path
 ) -> None:
