@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from benchmarks.soak import PREFIX, loopback_url
+from benchmarks.soak import loopback_url
+from benchmarks.soakclient import PREFIX
 
 MB = 1024**2
 BLOCK = b"\0" * 65536

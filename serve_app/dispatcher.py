@@ -1,7 +1,9 @@
 """The webhook dispatcher: a loop that takes due deliveries from the outbox, sends each with
 `webhooks.attempt`, and records every attempt back, so a delivery survives a dispatcher crash
-(whatever is left PENDING is sent by the next dispatcher). Plain async Python; the integrator
-runs it as a restartable Ray actor, so the constructor takes only picklable arguments."""
+(whatever is left PENDING is sent by the next dispatcher). Between passes the loop sleeps until
+the next retry comes due (at most `poll_s`), so retries go out on time rather than at the next
+poll. Plain async Python; the integrator runs it as a restartable Ray actor, so the
+constructor takes only picklable arguments."""
 
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ def _utc_now() -> datetime:
 
 
 class WebhookDispatcher:
-    """Sends the outbox's due webhook deliveries, at most `concurrency` at once, polling every
-    `poll_s` seconds or when woken."""
+    """Sends the outbox's due webhook deliveries, at most `concurrency` at once: when one comes
+    due, when woken, and at least every `poll_s` seconds."""
 
     def __init__(
         self,
@@ -75,9 +77,11 @@ class WebhookDispatcher:
             self._loop = asyncio.create_task(self._run())
 
     async def wake(self) -> None:
-        """Run a pass now, e.g. right after a delivery was written."""
+        """Run a pass now, e.g. right after a delivery was written. Starts the loop if it is not
+        running (a dispatcher restarted after a crash is only ever woken), so that retries
+        scheduled from then on go out when due."""
         if self._loop is None or self._loop.done():
-            await self._pass()
+            await self.start()
         else:
             self._wakeup.set()
 
@@ -113,13 +117,26 @@ class WebhookDispatcher:
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
+            passed_at = _utc_now()
+            pause = self._poll_s
             try:
                 await self._pass()
+                pause = await self._pause(passed_at)
             except Exception as error:
                 # The outbox may be briefly unreachable; the next pass tries again.
                 log_loop_failure(logger, "webhook dispatch pass", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_s)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=pause)
+
+    async def _pause(self, passed_at: datetime) -> float:
+        """Seconds until the first delivery not yet due at the pass (`passed_at`) comes due, at
+        most `poll_s`. Deliveries already due then were started by the pass, unless every slot
+        was taken (a finished send wakes the loop) or their last attempt could not be recorded:
+        those wait for the next poll, so a failing store is not hammered."""
+        upcoming = await self._call(lambda outbox: outbox.next_attempt_after(passed_at))
+        if upcoming is None:
+            return self._poll_s
+        return min(max((upcoming - _utc_now()).total_seconds(), 0.0), self._poll_s)
 
     async def _pass(self) -> None:
         """Start sending the due deliveries that fit in the free slots."""

@@ -27,7 +27,6 @@ from aiohttp.resolver import ThreadedResolver
 IPAddress = IPv4Address | IPv6Address
 
 MAX_URL_LENGTH = 2048
-PRIVATE_ADDRESS = "points to a private or local address, which this service does not connect to"
 
 _SCHEMES = frozenset({"http", "https"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -37,26 +36,26 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # whether they are differs between Python patch releases (3.11.10 rewrote the lists), so they
 # are named here and the properties in `_property_reason` only catch what is left.
 _V4_RANGES: tuple[tuple[IPv4Network | IPv6Network, str], ...] = (
-    (IPv4Network("0.0.0.0/8"), "'this network' address"),
-    (IPv4Network("100.64.0.0/10"), "carrier-grade NAT address"),
-    (IPv4Network("192.0.0.0/24"), "IETF protocol address"),
-    (IPv4Network("192.0.2.0/24"), "documentation address"),
-    (IPv4Network("192.88.99.0/24"), "6to4 relay anycast address"),
-    (IPv4Network("198.18.0.0/15"), "benchmarking address"),
-    (IPv4Network("198.51.100.0/24"), "documentation address"),
-    (IPv4Network("203.0.113.0/24"), "documentation address"),
-    (IPv4Network("255.255.255.255/32"), "broadcast address"),
+    (IPv4Network("0.0.0.0/8"), "a 'this network' address"),
+    (IPv4Network("100.64.0.0/10"), "a carrier-grade NAT address"),
+    (IPv4Network("192.0.0.0/24"), "an IETF protocol address"),
+    (IPv4Network("192.0.2.0/24"), "a documentation address"),
+    (IPv4Network("192.88.99.0/24"), "a 6to4 relay anycast address"),
+    (IPv4Network("198.18.0.0/15"), "a benchmarking address"),
+    (IPv4Network("198.51.100.0/24"), "a documentation address"),
+    (IPv4Network("203.0.113.0/24"), "a documentation address"),
+    (IPv4Network("255.255.255.255/32"), "a broadcast address"),
 )
 _V6_RANGES: tuple[tuple[IPv4Network | IPv6Network, str], ...] = (
     # Local-use NAT64 (RFC 8215) translates to whatever v4 network the local gateway serves.
-    (IPv6Network("64:ff9b:1::/48"), "local-use NAT64 address"),
-    (IPv6Network("100::/64"), "discard-only address"),
+    (IPv6Network("64:ff9b:1::/48"), "a local-use NAT64 address"),
+    (IPv6Network("100::/64"), "a discard-only address"),
     # Teredo hides the client's IPv4 address behind a relay; no need to reach one.
-    (IPv6Network("2001::/32"), "Teredo tunnel address"),
-    (IPv6Network("2001:2::/48"), "benchmarking address"),
-    (IPv6Network("2001:db8::/32"), "documentation address"),
-    (IPv6Network("3fff::/20"), "documentation address"),
-    (IPv6Network("fc00::/7"), "unique local (private) address"),
+    (IPv6Network("2001::/32"), "a Teredo tunnel address"),
+    (IPv6Network("2001:2::/48"), "a benchmarking address"),
+    (IPv6Network("2001:db8::/32"), "a documentation address"),
+    (IPv6Network("3fff::/20"), "a documentation address"),
+    (IPv6Network("fc00::/7"), "a unique local (private) address"),
 )
 # The well-known NAT64 prefix (RFC 6052): the low 32 bits are the IPv4 address reached.
 _NAT64 = IPv6Network("64:ff9b::/96")
@@ -135,7 +134,7 @@ DEFAULT_POLICY = OutboundPolicy()
 
 
 def refused_reason(address: IPAddress) -> str | None:
-    """Why `address` is never a public target ("loopback address"), or None if it may be one."""
+    """Why `address` is never a public target ("a loopback address"), or None if it may be one."""
     if isinstance(address, IPv6Address):
         embedded = _embedded_v4(address)
         if embedded is not None:
@@ -143,6 +142,28 @@ def refused_reason(address: IPAddress) -> str | None:
             return None if reason is None else f"{reason} inside an IPv6 address"
         return _range_reason(address, _V6_RANGES) or _property_reason(address)
     return _refused_v4(address)
+
+
+def refused_address(address: IPAddress, written: str | None = None) -> str:
+    """The reason a URL whose host is the refused `address` is refused, naming the address and
+    what kind it is: "points to ::1, a loopback address, which this service does not reach".
+    `written`: the host as the URL spells it, shown beside the address when it differs."""
+    shown = str(address)
+    if written is not None and written.strip("[]").removesuffix(".").lower() != shown:
+        shown = f"{written} ({address})"
+    return f"points to {shown}, {_kind(address)}, which this service does not reach"
+
+
+def refused_name(host: str, address: IPAddress) -> str:
+    """The reason a URL whose host name resolves to the refused `address` is refused. The
+    address itself stays out: naming what an internal name resolves to would tell a caller
+    about the service's network."""
+    return f"points to {host}, a name for {_kind(address)}, which this service does not reach"
+
+
+def _kind(address: IPAddress) -> str:
+    # Only an address an allowed network does not cover is refused, so it has a reason.
+    return refused_reason(address) or "an address this service's policy refuses"
 
 
 def _refused_v4(address: IPv4Address) -> str | None:
@@ -174,14 +195,14 @@ def _property_reason(address: IPAddress) -> str | None:
     # reserved (240/4, unallocated IPv6), private (RFC 1918). The last test catches whatever
     # else the running Python considers not globally reachable.
     checks = (
-        (address.is_loopback, "loopback address"),
-        (address.is_unspecified, "unspecified address"),
-        (address.is_link_local, "link-local address"),
-        (address.is_multicast, "multicast address"),
-        (isinstance(address, IPv6Address) and address.is_site_local, "site-local address"),
-        (address.is_reserved, "reserved address"),
-        (address.is_private, "private address"),
-        (not address.is_global, "address that is not globally reachable"),
+        (address.is_loopback, "a loopback address"),
+        (address.is_unspecified, "an unspecified address"),
+        (address.is_link_local, "a link-local address"),
+        (address.is_multicast, "a multicast address"),
+        (isinstance(address, IPv6Address) and address.is_site_local, "a site-local address"),
+        (address.is_reserved, "a reserved address"),
+        (address.is_private, "a private address"),
+        (not address.is_global, "an address that is not globally reachable"),
     )
     return next((reason for refused, reason in checks if refused), None)
 
@@ -194,6 +215,17 @@ def url_problem(url: str) -> str | None:
         return "contains spaces or control characters"
     try:
         parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    authority = parts.netloc.rpartition("@")[2]
+    if "%5b" in authority.lower():
+        # What a server sends when it echoes a percent-encoded query back as its Location:
+        # neither RFC 3986 nor browsers read "%5B::1%5D" as the address [::1].
+        return (
+            f"writes the brackets of its IPv6 host percent-encoded ({authority[:80]!r}), which "
+            "no URL parser reads as an address; write them plainly, as in http://[::1]/"
+        )
+    try:
         port = parts.port
     except ValueError:
         return "is not a valid URL"
@@ -227,7 +259,7 @@ def check_url(url: str, policy: OutboundPolicy, *, what: str) -> str:
     if address is None:
         return host
     if not policy.permits_address(address):
-        raise OutboundError(PRIVATE_ADDRESS, what)
+        raise OutboundError(refused_address(address, host), what)
     if isinstance(address, IPv4Address) and str(address) != host.removesuffix("."):
         # aiohttp refuses these forms itself; saying so here gives the caller a reason.
         raise OutboundError("must write an IPv4 address as four decimal numbers", what)
@@ -275,8 +307,9 @@ class GuardedResolver(AbstractResolver):
         # One refused address refuses the name: an attacker's DNS can list a public address
         # beside a private one and let the connection attempts pick.
         for result in results:
-            if not self._policy.permits_address(ipaddress.ip_address(result["host"])):
-                raise OutboundError(PRIVATE_ADDRESS)
+            address = ipaddress.ip_address(result["host"])
+            if not self._policy.permits_address(address):
+                raise OutboundError(refused_name(host, address))
         return results
 
     async def close(self) -> None:
@@ -290,8 +323,9 @@ def guarded_socket_factory(policy: OutboundPolicy) -> SocketFactoryType:
 
     def open_socket(addr_info: AddrInfoType) -> socket.socket:
         family, kind, proto, _, sockaddr = addr_info
-        if not policy.permits_address(ipaddress.ip_address(sockaddr[0])):
-            raise OutboundError(PRIVATE_ADDRESS)
+        address = ipaddress.ip_address(sockaddr[0])
+        if not policy.permits_address(address):
+            raise OutboundError(refused_address(address))
         if not policy.permits_port(sockaddr[1]):
             raise OutboundError(f"uses port {sockaddr[1]}, which this service does not connect to")
         return socket.socket(family=family, type=kind, proto=proto)

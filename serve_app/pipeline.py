@@ -36,7 +36,7 @@ from typing import Any, cast
 import ray
 import torch
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from models.audio import decode
@@ -45,14 +45,14 @@ from models.errors import ModelUnavailableError, SeparationError
 from models.planner import Plan, make_plan
 from models.routing import Routing, load_routing
 from models.separate import EngineOptions, check_format, write_stems
-from serve_app import metrics
+from serve_app import metrics, replicas
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import conversion, credits, stem_key
 from serve_app.dispatcher import WebhookDispatcher
 from serve_app.fetch import FetchError, fetch_audio
 from serve_app.health import STATE_TIMEOUT_S, model_state
 from serve_app.records import Status, TaskRecord
-from serve_app.retention import sweep, sweep_orphan_inputs
+from serve_app.retention import sweep, sweep_orphan_inputs, sweep_work_folders, work_folder_name
 from serve_app.separator import ModelShape, ModelStatus, SegmentJob
 from serve_app.settings import AppArgs
 from serve_app.storage import log_loop_failure, space_short, storage_fault
@@ -62,10 +62,6 @@ from serve_app.webhooks import new_secret
 logger = logging.getLogger("ray.serve")
 
 PROGRESS_EVERY_S = 1.0  # at most one progress write per task per second
-SEGMENT_RETRIES = 3
-# What a call to a replica raises when the replica died or left before answering
-# (ActorDiedError and ActorUnavailableError are kinds of it).
-REPLICA_GONE = RayActorError
 
 
 class LeaseLostError(Exception):
@@ -98,13 +94,14 @@ class RemoteModels:
     task_id: str
 
     def geometry(self, model: str) -> Geometry:
-        """The model's geometry, asked of its Separator."""
+        """The model's geometry, asked of its Separator (again if its replica died)."""
         handle = self.separators[model]
-        shape: ModelShape = handle.shape.remote().result()
+        what = f"task {self.task_id}: a Separator's model shape"
+        shape: ModelShape = replicas.result(lambda: handle.shape.remote(), what)
 
         @functools.cache
         def valid_length(length: int) -> int:
-            return int(handle.valid_length.remote(length).result())
+            return int(replicas.result(lambda: handle.valid_length.remote(length), what))
 
         return Geometry(
             samplerate=shape.samplerate,
@@ -129,20 +126,11 @@ class RemoteModels:
         return run
 
     def _result(self, handle: DeploymentHandle, job: SegmentJob, response: Any) -> torch.Tensor:
-        """A segment's output; a segment whose replica died is sent again (to a live one),
-        up to SEGMENT_RETRIES times. A segment is a pure function of its window, so running
-        it twice changes nothing."""
-        for attempt in range(SEGMENT_RETRIES + 1):
-            try:
-                return cast(torch.Tensor, response.result())
-            except REPLICA_GONE:
-                if attempt == SEGMENT_RETRIES:
-                    raise
-                logger.warning(
-                    "task %s: a Separator replica died; segment sent again", self.task_id
-                )
-                response = handle.separate.remote(job)
-        raise AssertionError("the loop above returns or raises")
+        """A segment's output; a segment whose replica died is sent again (to a live one).
+        A segment is a pure function of its window, so running it twice changes nothing."""
+        what = f"task {self.task_id}: a Separator's segment"
+        output = replicas.result(lambda: handle.separate.remote(job), what, sent=response)
+        return cast(torch.Tensor, output)
 
 
 def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
@@ -281,14 +269,19 @@ class Pipeline:
         return note is not None
 
     def _sweep(self) -> None:
-        """Delete the files of tasks past the retention time, and uploads no task uses
-        (those only after an hour at least: an upload becomes a task within moments)."""
+        """Delete the files of tasks past the retention time, uploads no task uses (those
+        only after an hour at least: an upload becomes a task within moments), and the work
+        folders of workers that died at work."""
         keep_s = self.args.retention.keep_s
         swept = sweep(self.store, self.blobs, older_than_s=keep_s)
         orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
-        if swept or orphans:
+        stopped = sweep_work_folders(self.store, self.work_dir)
+        if swept or orphans or stopped:
             logger.info(
-                "retention: deleted the files of %d tasks, %d unused uploads", swept, orphans
+                "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",
+                swept,
+                orphans,
+                stopped,
             )
 
     def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
@@ -305,7 +298,7 @@ class Pipeline:
         log.info("task %s: claimed (claim %d)", task_id, record.claims)
         lost = self.lost.setdefault(task_id, asyncio.Event())
         heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(task_id, lost))
-        folder = self.work_dir / f"{task_id}-{self.worker}"
+        folder = self.work_dir / work_folder_name(task_id, self.worker)
         started = time.monotonic()
         try:
             final = await self._process(record, folder, lost)
@@ -428,8 +421,11 @@ class Pipeline:
             )
         check_format(spec.output_format, track)
         if spec.preprocessing:
-            cleaned = await self.preprocessor.clean.remote(
-                track.samples, track.sample_rate, spec.preprocessing
+            cleaned = await replicas.awaited(
+                lambda: self.preprocessor.clean.remote(
+                    track.samples, track.sample_rate, spec.preprocessing
+                ),
+                f"task {record.task_id}: the Preprocessor's cleaning",
             )
             track = replace(track, samples=cleaned)  # keeps the input's warnings
         models = RemoteModels(self.routing, self.separators, record.task_id)

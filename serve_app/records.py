@@ -105,6 +105,10 @@ class Outbox(Protocol):
         """PENDING deliveries whose next attempt is due at `now`, oldest first."""
         ...
 
+    def next_attempt_after(self, moment: datetime) -> datetime | None:
+        """When the first PENDING delivery not yet due at `moment` comes due; None if none."""
+        ...
+
     def record_attempt(
         self,
         delivery_id: str,

@@ -1,5 +1,7 @@
 """Retention: deletes the files of tasks that finished long ago (the uploaded input and the
-stems) and uploads that no task came to use, so that the blob store does not grow forever.
+stems), uploads that no task came to use, and what a crashed process left behind (a partial
+upload in the spool, a Pipeline worker's folder), so that the data folder does not grow
+forever.
 
 Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
 deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
@@ -14,13 +16,18 @@ idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download 
 the task up just before the mark may still be cut short; the window is that request's.
 
 Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
-"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`)."""
+"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`). A Pipeline
+worker computes a task in its own folder, "<task_id>-<worker>" (`work_folder_name`), and
+deletes it when done; only a worker that died skips that."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from serve_app.blobs import BlobStore, LocalBlobStore
 from serve_app.records import TaskRecord
@@ -70,7 +77,8 @@ def sweep_orphan_inputs(
 ) -> int:
     """Delete uploads under inputs/ that no task names and whose files are all older than
     `older_than_s` seconds: an upload whose task creation failed, or a repeated idempotent
-    request's upload. How many uploads were deleted.
+    request's upload; and uploads left in the spool unwritten for as long, by a request whose
+    Ingress replica died while it read the body. How many uploads were deleted.
 
     A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
     time between storing an upload and creating its task, which is seconds.
@@ -86,7 +94,53 @@ def sweep_orphan_inputs(
             if in_use.isdisjoint(upload.keys):
                 blobs.delete_prefix(upload.prefix)
                 swept += 1
-    return swept
+    return swept + _sweep_spool(blobs, cutoff)
+
+
+def work_folder_name(task_id: str, worker: str) -> str:
+    """The name of the folder a Pipeline `worker` computes `task_id` in."""
+    return f"{task_id}-{worker}"
+
+
+def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
+    """Delete the work folders of workers that no longer hold their task: left by a Pipeline
+    replica that died at work, whose task then ran again elsewhere or ended. A folder whose
+    worker holds its task is in use and stays. How many were deleted."""
+    if not work_dir.is_dir():
+        return 0
+    deleted = 0
+    for folder in work_dir.iterdir():
+        task_id, worker = _work_folder_owner(folder.name)
+        if task_id is None or not folder.is_dir():
+            continue
+        record = store.get(task_id)
+        if record is None or record.lease_owner != worker:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted += 1
+    return deleted
+
+
+def _work_folder_owner(name: str) -> tuple[str | None, str]:
+    """The task id and worker a work folder's name holds; (None, "") for another name."""
+    task_id, dash, worker = name[:36], name[36:37], name[37:]
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return None, ""
+    return (task_id, worker) if dash == "-" and worker else (None, "")
+
+
+def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
+    """Delete the spool's uploads last written before `cutoff` (a POSIX time); how many."""
+    deleted = 0
+    for entry in blobs.spool_dir().iterdir():
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                deleted += 1
+        except FileNotFoundError:  # its request finished and removed it meanwhile
+            continue
+    return deleted
 
 
 def _delete_files(

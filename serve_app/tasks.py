@@ -444,6 +444,16 @@ class TaskStore:
         with self._engine.connect() as conn:
             return with_attempts(conn, conn.execute(query).all())
 
+    def next_attempt_after(self, moment: datetime) -> datetime | None:
+        """When the first PENDING delivery not yet due at `moment` comes due; None if none."""
+        query = select(func.min(delivery_table.c.next_attempt_at)).where(
+            delivery_table.c.state == DeliveryState.PENDING.value,
+            delivery_table.c.next_attempt_at > as_utc(moment),
+        )
+        with self._engine.connect() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return None if found is None else as_utc(found)
+
     def record_attempt(
         self,
         delivery_id: str,

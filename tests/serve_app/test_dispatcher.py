@@ -290,6 +290,34 @@ def test_a_restarted_dispatcher_sends_what_the_last_one_left_pending(outbox: Out
     assert [(a.number, a.outcome) for a in stored.attempts] == [(1, "retry"), (2, "delivered")]
 
 
+# How late a retry may go out after its scheduled time: the README's stated precision.
+RETRY_PRECISION_S = 0.5
+
+
+def test_retries_go_out_at_their_scheduled_time_when_only_woken_once(outbox: Outbox) -> None:
+    # As in the service: the Pipeline wakes the dispatcher after a task ends, nothing else
+    # happens, and the poll is far longer than the schedule.
+    schedule = RetrySchedule(delays_s=(1.0, 1.5), jitter=0.0, timeout_s=2.0)
+
+    async def scenario() -> Delivery:
+        async with Receiver() as receiver:
+            delivery = outbox.add(receiver.url)
+            receiver.script[delivery.delivery_id] = [500, 503]
+            webhooks = dispatcher(outbox, schedule, poll_s=60)
+            await webhooks.wake()
+            await receiver.hits_reach(3)
+            await webhooks.close()
+            return delivery
+
+    stored = outbox.delivery(asyncio.run(scenario()).delivery_id)
+    assert [a.outcome for a in stored.attempts] == ["retry", "retry", "delivered"]
+    for (earlier, later), delay in zip(pairwise(stored.attempts), schedule.delays_s, strict=True):
+        scheduled = earlier.at + timedelta(seconds=earlier.seconds + delay)
+        late = (later.at - scheduled).total_seconds()
+        # Never early; `seconds` ends before the attempt is recorded, so allow a hair.
+        assert -0.01 <= late <= RETRY_PRECISION_S, (later.number, late)
+
+
 def test_start_picks_up_what_is_already_due(outbox: Outbox) -> None:
     async def scenario() -> list[Delivery]:
         async with Receiver() as receiver:

@@ -81,6 +81,37 @@ def test_separator_killed_mid_batch_every_task_completes_exactly(
         assert difference <= 2 * QUANTUM, difference
 
 
+def replica_actor(app: str, deployment: str) -> Any:
+    """The one replica actor of a deployment."""
+    (found,) = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(actor, dict)
+        and actor["name"].startswith("SERVE_REPLICA::")
+        and f"{app}#{deployment}#" in actor["name"]
+    ]
+    return ray.get_actor(found["name"], namespace=found["namespace"])
+
+
+def test_preprocessor_killed_mid_call_the_task_completes(service: Service, tmp_path: Path) -> None:
+    song = tmp_path / "long.mp3"  # under the session's 4 MB upload cap
+    write_song(song, 60.0, seed=60, fmt="mp3")  # a minute of Dereverb keeps it busy a while
+    answer = submit(service, song=song, stems='["drums"]', preprocessing_options='["Dereverb"]')
+    assert answer.status_code == 200, answer.text
+    task_id = answer.json()["task_id"]
+    replica = replica_actor(APP, "Preprocessor")
+    deadline = time.monotonic() + 120
+    pause = threading.Event()  # never set: only a polling interval
+    # Serve's own count of the requests the replica is working on: the clean call is there.
+    while ray.get(replica.get_num_ongoing_requests.remote()) < 1:
+        assert time.monotonic() < deadline, "the Preprocessor never got the task"
+        pause.wait(0.05)
+    ray.kill(replica, no_restart=True)
+    conversion = wait_final(service, task_id, timeout_s=240)
+    assert conversion["status"] == "COMPLETED", conversion["status_msg"]
+    assert set(conversion["stems"]) == {"drums"}
+
+
 class HeldReceiver:
     """A webhook receiver that holds its first request open until released, then answers
     204 to every later one; records the webhook-id of each request."""

@@ -21,6 +21,7 @@ BODY = os.urandom(300_000)
 DEFAULTS = FetchLimits()
 # The servers here are on loopback, which the default policy refuses (test_netguard.py).
 LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8", "::1/128"))
+IPV4_LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8",))
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -41,6 +42,8 @@ class AudioServer:
             web.get("/trickle", self.trickle),
             web.get("/hop/{left}", self.hop),
             web.get("/to-ftp", self.to_ftp),
+            web.get("/redirect", self.redirect),
+            web.get("/echo", self.echo),
         ]
 
     @web.middleware
@@ -89,6 +92,15 @@ class AudioServer:
 
     async def to_ftp(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("ftp://127.0.0.1/song.wav")
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        """A redirect to the decoded `to` parameter, written as given."""
+        return web.Response(status=302, headers={"Location": request.query["to"]})
+
+    async def echo(self, request: web.Request) -> web.Response:
+        """A redirect to the raw query string, as a server that echoes it back sends: the
+        client percent-encoded it, brackets included."""
+        return web.Response(status=302, headers={"Location": request.raw_path.split("?", 1)[1]})
 
 
 @asynccontextmanager
@@ -191,6 +203,45 @@ def test_redirect_to_ftp_is_refused(tmp_path: Path) -> None:
     assert message == "a redirect from audio_url must use http or https, not 'ftp'"
 
 
+def test_a_redirect_to_a_refused_ipv6_literal_names_the_address(tmp_path: Path) -> None:
+    # ::1 is loopback like the server, but outside the one network this policy allows.
+    path = "/redirect?to=http://[::1]:8000/song.wav"
+
+    async def scenario() -> str:
+        async with serving() as (base, _):
+            with pytest.raises(FetchError) as caught:
+                await fetch_audio(base + path, tmp_path / "a.wav", policy=IPV4_LOOPBACK)
+            return str(caught.value)
+
+    assert asyncio.run(scenario()) == (
+        "a redirect from audio_url points to ::1, a loopback address, "
+        "which this service does not reach"
+    )
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_a_redirect_with_percent_encoded_ipv6_brackets_says_so(tmp_path: Path) -> None:
+    # The client sends "[" and "]" of the query as %5B and %5D (RFC 3986); the server echoes
+    # them into its Location, where "%5B::1%5D" is no address.
+    async def scenario() -> tuple[str, list[str]]:
+        async with serving() as (base, server):
+            with pytest.raises(FetchError) as caught:
+                await fetch_audio(
+                    base + "/echo?http://[::1]:8000/song.wav",
+                    tmp_path / "a.wav",
+                    policy=IPV4_LOOPBACK,
+                )
+            return str(caught.value), server.requested
+
+    message, requested = asyncio.run(scenario())
+    assert message == (
+        "a redirect from audio_url writes the brackets of its IPv6 host percent-encoded "
+        "('%5B::1%5D:8000'), which no URL parser reads as an address; write them plainly, "
+        "as in http://[::1]/"
+    )
+    assert requested == ["/echo"]
+
+
 def test_refused_connection_is_reported(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -226,7 +277,8 @@ def test_check_target_refuses_what_the_policy_refuses() -> None:
     with pytest.raises(FetchError) as caught:
         check_target("http://169.254.169.254/latest/meta-data/")
     assert str(caught.value) == (
-        "audio_url points to a private or local address, which this service does not connect to"
+        "audio_url points to 169.254.169.254, a link-local address, "
+        "which this service does not reach"
     )
     with pytest.raises(FetchError) as caught:
         check_target("https://example.com:22/", OutboundPolicy(allowed_ports=(443,)), what="X")

@@ -180,6 +180,16 @@ REFUSED: list[tuple[list[Part], str | None, list[str]]] = [
     ([("audio_url", "https:///a.mp3", None)], "audio_url", ["host"]),
     ([("audio_url", "https://example.com/" + "a" * 2048, None)], "audio_url", ["2048"]),
     ([AUDIO, ("webhook_url", "file:///etc/passwd", None)], "webhook_url", ["http or https"]),
+    (
+        [("audio_url", "http://[::1]:8000/a.mp3", None)],
+        "audio_url",
+        ["audio_url points to ::1, a loopback address, which this service does not reach"],
+    ),
+    (
+        [AUDIO, ("webhook_url", "http://169.254.169.254/hook", None)],
+        "webhook_url",
+        ["points to 169.254.169.254, a link-local address, which this service does not reach"],
+    ),
     ([("audio_url", "https://example.com/a.mp3", None), AUDIO], None, ["only one"]),
     ([("stems", '["drums"]', None)], None, ["audio_url or audio_file"]),
     ([("audio_file", b"", "empty.wav")], "audio_file", ["audio_file is empty"]),

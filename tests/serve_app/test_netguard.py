@@ -22,7 +22,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from serve_app.fetch import FetchError, fetch_audio
 from serve_app.netguard import (
     DEFAULT_POLICY,
-    PRIVATE_ADDRESS,
     GuardedResolver,
     OutboundError,
     OutboundPolicy,
@@ -40,6 +39,8 @@ LOOPBACK = OutboundPolicy(allowed_networks=("127.0.0.0/8", "::1/128"))
 ONLY_127_0_0_1 = OutboundPolicy(allowed_networks=("127.0.0.1/32",))
 BODY = b"RIFF-not-really-audio"
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+LOOPBACK_V4 = "points to 127.0.0.1, a loopback address, which this service does not reach"
+LOCALHOST = "points to localhost, a name for a loopback address, which this service does not reach"
 
 
 # --- refused_reason --------------------------------------------------------------------------
@@ -172,9 +173,9 @@ def test_policy_refuses_nonsense_at_construction(
 def test_policy_and_error_survive_pickling() -> None:
     # Both cross process boundaries: the policy in actor arguments, the error in task results.
     assert pickle.loads(pickle.dumps(LOOPBACK)) == LOOPBACK
-    error = pickle.loads(pickle.dumps(OutboundError(PRIVATE_ADDRESS, "audio_url")))
-    assert (error.reason, error.what) == (PRIVATE_ADDRESS, "audio_url")
-    assert str(error) == f"audio_url {PRIVATE_ADDRESS}"
+    error = pickle.loads(pickle.dumps(OutboundError(LOOPBACK_V4, "audio_url")))
+    assert (error.reason, error.what) == (LOOPBACK_V4, "audio_url")
+    assert str(error) == f"audio_url {LOOPBACK_V4}"
 
 
 # --- check_url ---------------------------------------------------------------------------------
@@ -222,33 +223,49 @@ def test_check_url_applies_the_port_policy_to_default_and_explicit_ports() -> No
     )
 
 
+MAPPED = "a loopback address inside an IPv6 address"
+
+
 @pytest.mark.parametrize(
-    "host",
+    ("host", "shown", "kind"),
     [
-        "127.0.0.1",
-        "2130706433",  # 127.0.0.1 as one decimal number
-        "0x7f000001",
-        "0x7f.1",
-        "0177.0.0.1",  # octal
-        "127.1",
-        "127.0.0.1.",
-        "0",
-        "169.254.169.254",
-        "0xa9.0xfe.0xa9.0xfe",
-        "10.1",
-        "[::1]",
-        "[::]",
-        "[::ffff:127.0.0.1]",
-        "[::ffff:7f00:1]",
-        "[0:0:0:0:0:ffff:127.0.0.1]",
-        "[::ffff:a9fe:a9fe]",
-        "[64:ff9b::7f00:1]",
-        "[fe80::1%25eth0]",
-        "[fd00::1]",
+        ("127.0.0.1", "127.0.0.1", "a loopback address"),
+        # 127.0.0.1 as one decimal number: the address is named beside the spelling.
+        ("2130706433", "2130706433 (127.0.0.1)", "a loopback address"),
+        ("0x7f000001", "0x7f000001 (127.0.0.1)", "a loopback address"),
+        ("0x7f.1", "0x7f.1 (127.0.0.1)", "a loopback address"),
+        ("0177.0.0.1", "0177.0.0.1 (127.0.0.1)", "a loopback address"),  # octal
+        ("127.1", "127.1 (127.0.0.1)", "a loopback address"),
+        ("127.0.0.1.", "127.0.0.1", "a loopback address"),
+        ("0", "0 (0.0.0.0)", "a 'this network' address"),
+        ("169.254.169.254", "169.254.169.254", "a link-local address"),
+        ("0xa9.0xfe.0xa9.0xfe", "0xa9.0xfe.0xa9.0xfe (169.254.169.254)", "a link-local address"),
+        ("10.1", "10.1 (10.0.0.1)", "a private address"),
+        ("[::1]", "::1", "a loopback address"),
+        ("[::]", "::", "an unspecified address"),
+        ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1 (::ffff:7f00:1)", MAPPED),
+        ("[::ffff:7f00:1]", "::ffff:7f00:1", MAPPED),
+        ("[0:0:0:0:0:ffff:127.0.0.1]", "0:0:0:0:0:ffff:127.0.0.1 (::ffff:7f00:1)", MAPPED),
+        ("[::ffff:a9fe:a9fe]", "::ffff:a9fe:a9fe", "a link-local address inside an IPv6 address"),
+        ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1", MAPPED),
+        ("[fe80::1%25eth0]", "fe80::1%25eth0", "a link-local address"),
+        ("[FD00::1]", "fd00::1", "a unique local (private) address"),
     ],
 )
-def test_check_url_refuses_private_literals_in_every_spelling(host: str) -> None:
-    assert refused_url(f"http://{host}:8080/hook") == f"webhook_url {PRIVATE_ADDRESS}"
+def test_check_url_names_the_refused_literal_in_every_spelling(
+    host: str, shown: str, kind: str
+) -> None:
+    assert refused_url(f"http://{host}:8080/hook") == (
+        f"webhook_url points to {shown}, {kind}, which this service does not reach"
+    )
+
+
+@pytest.mark.parametrize("authority", ["%5B::1%5D", "%5b::1%5d:8080"])
+def test_check_url_explains_percent_encoded_ipv6_brackets(authority: str) -> None:
+    assert refused_url(f"http://{authority}/hook") == (
+        f"webhook_url writes the brackets of its IPv6 host percent-encoded ({authority!r}), "
+        "which no URL parser reads as an address; write them plainly, as in http://[::1]/"
+    )
 
 
 @pytest.mark.parametrize("host", ["134744072", "0x8.0x8.0x8.0x8", "8.8.2056", "010.8.8.8"])
@@ -264,7 +281,9 @@ def test_check_url_lets_a_policy_allow_private_literals() -> None:
     allow_all = OutboundPolicy(allow_private=True)
     assert check_url("http://[fd00::1]/", allow_all, what="audio_url") == "fd00::1"
     # Outside the allowed networks, still refused.
-    assert refused_url("http://127.0.0.2/", ONLY_127_0_0_1) == f"webhook_url {PRIVATE_ADDRESS}"
+    assert refused_url("http://127.0.0.2/", ONLY_127_0_0_1) == (
+        "webhook_url points to 127.0.0.2, a loopback address, which this service does not reach"
+    )
     # Allowed or not, a legacy spelling never reaches aiohttp.
     assert refused_url("http://2130706433/", allow_all) == (
         "webhook_url must write an IPv4 address as four decimal numbers"
@@ -336,7 +355,7 @@ def resolve(
 def test_resolver_refuses_a_name_for_loopback() -> None:
     with pytest.raises(OutboundError) as caught:
         resolve(DEFAULT_POLICY, "localhost")
-    assert caught.value.reason == PRIVATE_ADDRESS
+    assert caught.value.reason == LOCALHOST
 
 
 def test_resolver_allows_loopback_when_the_policy_does() -> None:
@@ -439,7 +458,7 @@ def test_guarded_session_refuses_loopback_without_check_url() -> None:
                 reasons.append(found.reason)
             return reasons, listener.connections
 
-    assert asyncio.run(scenario()) == ([PRIVATE_ADDRESS, PRIVATE_ADDRESS], 0)
+    assert asyncio.run(scenario()) == ([LOOPBACK_V4, LOCALHOST], 0)
 
 
 def test_guarded_session_connects_where_the_policy_allows() -> None:
@@ -494,9 +513,19 @@ def test_socket_factory_refuses_before_creating_a_socket() -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]", "0x7f.1", "127.1"]
+    ("host", "reason"),
+    [
+        ("127.0.0.1", LOOPBACK_V4),
+        ("localhost", LOCALHOST),
+        ("2130706433", LOOPBACK_V4.replace("127.0.0.1", "2130706433 (127.0.0.1)")),
+        ("[::ffff:127.0.0.1]", f"points to ::ffff:127.0.0.1 (::ffff:7f00:1), {MAPPED}, which"),
+        ("0x7f.1", LOOPBACK_V4.replace("127.0.0.1", "0x7f.1 (127.0.0.1)")),
+        ("127.1", LOOPBACK_V4.replace("127.0.0.1", "127.1 (127.0.0.1)")),
+    ],
 )
-def test_fetch_audio_never_connects_to_loopback_by_default(host: str, tmp_path: Path) -> None:
+def test_fetch_audio_never_connects_to_loopback_by_default(
+    host: str, reason: str, tmp_path: Path
+) -> None:
     dest = tmp_path / "a.wav"
 
     async def scenario() -> tuple[str, int]:
@@ -507,7 +536,7 @@ def test_fetch_audio_never_connects_to_loopback_by_default(host: str, tmp_path: 
 
     message, connections = asyncio.run(scenario())
     assert connections == 0
-    assert message == f"audio_url {PRIVATE_ADDRESS}"
+    assert message.startswith(f"audio_url {reason}"), message
     assert not dest.exists()
 
 
@@ -537,7 +566,10 @@ def test_fetch_audio_refuses_a_redirect_to_a_refused_address(tmp_path: Path) -> 
             return str(caught.value), allowed.connections, inside.connections
 
     message, allowed_connections, inside_connections = asyncio.run(scenario())
-    assert message == f"a redirect from audio_url {PRIVATE_ADDRESS}"
+    assert message == (
+        "a redirect from audio_url points to 127.0.0.2, a loopback address, "
+        "which this service does not reach"
+    )
     assert (allowed_connections, inside_connections) == (1, 0)
     assert not dest.exists()
 
@@ -585,7 +617,10 @@ def test_fetch_audio_checks_every_hop_by_name_through_the_resolver(tmp_path: Pat
                 return str(caught.value), allowed.connections, inside.connections
 
     message, allowed_connections, inside_connections = asyncio.run(scenario())
-    assert message == f"a redirect from audio_url {PRIVATE_ADDRESS}"
+    assert message == (
+        "a redirect from audio_url points to internal.example, a name for a loopback address, "
+        "which this service does not reach"
+    )
     assert (allowed_connections, inside_connections) == (1, 0)
 
 
@@ -603,8 +638,15 @@ def delivery(url: str) -> Delivery:
     )
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
-def test_webhook_to_loopback_fails_without_a_connection(host: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1", LOOPBACK_V4),
+        ("localhost", LOCALHOST),
+        ("[::ffff:127.0.0.1]", f"points to ::ffff:7f00:1, {MAPPED}, which"),
+    ],
+)
+def test_webhook_to_loopback_fails_without_a_connection(host: str, reason: str) -> None:
     secret = new_secret()
 
     async def scenario() -> tuple[str, str, bool, int]:
@@ -622,7 +664,7 @@ def test_webhook_to_loopback_fails_without_a_connection(host: str) -> None:
 
     outcome, error, retry, connections = asyncio.run(scenario())
     assert (outcome, retry, connections) == ("failed", False, 0)
-    assert error == f"webhook_url {PRIVATE_ADDRESS}"
+    assert error.startswith(f"webhook_url {reason}"), error
     assert secret not in error
 
 

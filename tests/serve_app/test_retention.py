@@ -15,7 +15,12 @@ import pytest
 from serve_app.blobs import LocalBlobStore
 from serve_app.conversion import stem_key
 from serve_app.records import Status, TaskRecord, TaskSpec
-from serve_app.retention import sweep, sweep_orphan_inputs
+from serve_app.retention import (
+    sweep,
+    sweep_orphan_inputs,
+    sweep_work_folders,
+    work_folder_name,
+)
 from serve_app.tasks import TaskStore
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -253,3 +258,55 @@ def test_orphan_sweep_works_in_batches_and_on_an_empty_store(
     used = submit(store, blobs, "used")
     assert sweep_orphan_inputs(store, blobs, older_than_s=HOUR, now=LATER, batch=2) == 5
     assert blob_keys(blobs) == {used.spec.input_key}
+
+
+def test_uploads_left_in_the_spool_go_once_unwritten_for_the_age(
+    store: TaskStore, blobs: LocalBlobStore
+) -> None:
+    # What a request whose Ingress replica died mid-upload leaves: a partial spooled body.
+    spool = blobs.spool_dir()
+    stale, writing = spool / "upload-stale", spool / "upload-writing"
+    for path, written in ((stale, at(0)), (writing, LATER - timedelta(minutes=10))):
+        path.write_bytes(b"part of a body")
+        os.utime(path, (written.timestamp(), written.timestamp()))
+    assert sweep_orphan_inputs(store, blobs, older_than_s=HOUR, now=LATER) == 1
+    assert sorted(spool.iterdir()) == [writing]
+
+
+def test_work_folders_of_workers_that_no_longer_hold_their_task_go(
+    store: TaskStore, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    spec = TaskSpec(owner="local", stems=("drums",))
+    running, retaken, done = (store.create(spec) for _ in range(3))
+    claims = [
+        store.claim("live", 600, now=at(0)),  # `running`, held by `live` throughout
+        store.claim("dead", 60, now=at(0)),  # `retaken`: its worker died, so the lease ran out
+        store.claim("heir", 60, now=at(120)),  # and `heir` took it
+        store.claim("w", 60, now=at(120)),  # `done`, completed by `w`
+    ]
+    assert [claim and claim.task_id for claim in claims] == [
+        running.task_id,
+        retaken.task_id,
+        retaken.task_id,
+        done.task_id,
+    ]
+    assert store.complete(done.task_id, "w", {}, duration_s=1, conversion_cost=0) is not None
+    folders = {
+        name: work / work_folder_name(task_id, worker)
+        for name, task_id, worker in (
+            ("running", running.task_id, "live"),
+            ("dead", retaken.task_id, "dead"),
+            ("heir", retaken.task_id, "heir"),
+            ("done", done.task_id, "w"),
+        )
+    }
+    for folder in folders.values():
+        (folder / "stems").mkdir(parents=True)
+        (folder / "stems" / "drums.wav").write_bytes(b"RIFF")
+    (work / "notes").mkdir()  # not a work folder: left alone
+    assert sweep_work_folders(store, work) == 2
+    assert sorted(path.name for path in work.iterdir()) == sorted(
+        [folders["running"].name, folders["heir"].name, "notes"]
+    )
+    assert sweep_work_folders(store, tmp_path / "nothing-here") == 0

@@ -15,6 +15,7 @@ from ray import serve
 
 from models.preprocess import preprocess
 from serve_app.app import separator_name
+from serve_app.retention import sweep_work_folders
 from serve_app.tasks import TaskStore
 from serve_app.webhooks import verify
 from tests.serve_app.conftest import (
@@ -251,8 +252,14 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
     task_id = submit(service, song=long_song, stems='["bass"]').json()["task_id"]
     store = TaskStore(service.args.db_url())
     pipeline = serve.get_deployment_handle("Pipeline", app_name=APP)
-    # Wait (by polling the replica, which answers while it works) until the task runs.
-    while task_id not in pipeline.running_tasks.remote().result():
+    work = service.args.data_path() / "work"
+
+    def work_folders() -> list[str]:
+        return [folder.name for folder in work.glob(f"{task_id}-*")]
+
+    # Wait (by polling the replica, which answers while it works) until the task runs in
+    # its work folder.
+    while task_id not in pipeline.running_tasks.remote().result() or not work_folders():
         record = store.get(task_id)
         assert record is not None and record.status.value in ("IN_QUEUE", "PROCESSING")
     replicas = [
@@ -268,3 +275,7 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
     assert conversion["status"] == "COMPLETED", conversion["status_msg"]
     record = TaskStore(service.args.db_url()).get(task_id)
     assert record is not None and record.claims == 2
+    # The killed worker's folder outlives it (a crash skips its clean-up) until a sweep
+    # takes it (a replica's own, or this one): its worker no longer holds the task.
+    sweep_work_folders(store, work)
+    assert work_folders() == []

@@ -434,6 +434,12 @@ def test_outbox_due_and_record_flow(store: TaskStore) -> None:
     )
     store.record_attempt(due[0].delivery_id, retry, DeliveryState.PENDING, at(35))
     assert [delivery.task_id for delivery in store.due_deliveries(at(6))] == [first]
+    # The dispatcher sleeps until the first delivery not yet due comes due.
+    assert store.next_attempt_after(at(0)) == at(2)
+    upcoming = store.next_attempt_after(at(6))
+    assert upcoming == at(35)
+    assert upcoming is not None and upcoming.tzinfo is UTC
+    assert store.next_attempt_after(at(35)) is None
 
     [waiting, again] = store.due_deliveries(at(40))
     assert waiting.task_id == first  # due since 2 s, before the retry at 35 s
@@ -446,6 +452,7 @@ def test_outbox_due_and_record_flow(store: TaskStore) -> None:
     )
     store.record_attempt(again.delivery_id, delivered, DeliveryState.DELIVERED, None)
     assert [delivery.task_id for delivery in store.due_deliveries(at(100))] == [first]
+    assert store.next_attempt_after(at(6)) is None  # a delivered one is no longer waited for
 
     [done] = store.deliveries(second)
     assert done.state is DeliveryState.DELIVERED
