@@ -16,6 +16,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.replicas import REPLICA_GONE
 from serve_app.separator import ModelState, ModelStatus
 
 # How long a probe or a POST waits for a Separator to say how its model stands.
@@ -64,7 +65,8 @@ def deployments_waiting(app_name: str) -> tuple[dict[str, str], set[str]]:
 async def model_state(
     handle: DeploymentHandle, model: str, timeout_s: float = STATE_TIMEOUT_S
 ) -> ModelState:
-    """What the model's Separator says of it; STARTING when no replica answers in time."""
+    """What the model's Separator says of it; STARTING when no replica answers in time, or
+    the one asked died before answering (callers ask again)."""
 
     async def ask() -> ModelState:
         state: ModelState = await handle.state.remote()
@@ -72,7 +74,7 @@ async def model_state(
 
     try:
         return await asyncio.wait_for(ask(), timeout_s)
-    except TimeoutError:
+    except (TimeoutError, REPLICA_GONE):
         return ModelState(
             model, ModelStatus.STARTING, f"model {model!r}: no Separator replica has answered yet"
         )
