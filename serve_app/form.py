@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -75,7 +74,9 @@ async def read_extraction_form(
     no body at all is a form with no fields (422: no audio), as MusicGPT answers it.
     """
     reader = PartReader(limits)
-    if carries_no_body(request.headers):
+    if request.headers.get("content-length", "").strip() == "0" or (
+        "content-type" not in request.headers and await _body_is_empty(request)
+    ):
         return _check_form(reader, None, routing, policy)
     media_type = content_type(request.headers, limits.max_body_bytes)
     if media_type == URLENCODED:
@@ -91,13 +92,13 @@ async def read_extraction_form(
         raise
 
 
-def carries_no_body(headers: Headers) -> bool:
-    """Whether the request has no body: `Content-Length: 0`, or neither a length nor a
-    transfer coding (an HTTP/1.1 request without either has none)."""
-    length = headers.get("content-length")
-    if length is not None:
-        return length.strip() == "0"
-    return "transfer-encoding" not in headers
+async def _body_is_empty(request: Request) -> bool:
+    """Whether the body has no bytes; reads no further than its first non-empty chunk (a
+    body without a Content-Type is then refused, unread)."""
+    async for chunk in request.stream():
+        if chunk:
+            return False
+    return True
 
 
 def _check_form(

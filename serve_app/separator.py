@@ -235,8 +235,10 @@ class Separator:
         return [result for result in results if result is not None]
 
     def batch_stats(self) -> dict[str, Any]:
-        """Counts of batch sizes and of distinct tasks per batch since the replica started."""
+        """Counts of batch sizes and of distinct tasks per batch since the replica started,
+        and the threads torch computes on in this replica."""
         return {
+            "torch_threads": torch.get_num_threads(),
             "batches": self.batches,
             "sizes": dict(self.sizes),
             "tasks_per_batch": dict(self.tasks_per_batch),

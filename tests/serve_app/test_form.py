@@ -241,6 +241,13 @@ def test_empty_body_is_422_like_a_form_without_audio(
     assert "audio_url or audio_file" in empty.json()["error"]
 
 
+def test_a_body_without_a_content_type_is_400(spool_dir: Path) -> None:
+    client = TestClient(make_app(spool_dir, DEFAULTS))
+    response = client.post(PATH, content=b"audio_url=https://example.com/a.mp3")
+    assert response.status_code == 400
+    assert "multipart/form-data" in response.json()["error"]
+
+
 def test_body_that_is_not_multipart_is_400(spool_dir: Path) -> None:
     client = TestClient(make_app(spool_dir, DEFAULTS))
     response = client.post(PATH, json={"audio_url": "https://example.com/a.mp3"})

@@ -68,6 +68,9 @@ KEY_C = "key-c-rate-limited-0000"
 KEY_D = "key-d-outbound-tests-00"  # rows 7 to 9, so their tasks do not count against KEY_A
 KEY_E = "key-e-concurrent-burst-0"  # the concurrent rate-limit test alone
 KEY_F = "key-f-beside-the-burst-0"  # ... and the key beside its burst
+# The refused-upload memory test's keys: its 32 concurrent uploads each hold a rate-limit
+# slot until refused, so they are spread over keys that nothing else uses.
+UPLOAD_KEYS = tuple(f"key-upload-{n}-000000000000" for n in range(5))
 CAP = 1024**2
 MAX_DURATION_S = 60.0
 RATE_LIMIT = 8  # per key and minute; KEY_C is for the rate-limit test alone
@@ -186,6 +189,10 @@ def strict(
                 ApiKey(name="dave", sha256=hash_key(KEY_D)),
                 ApiKey(name="erin", sha256=hash_key(KEY_E)),
                 ApiKey(name="frank", sha256=hash_key(KEY_F)),
+                *(
+                    ApiKey(name=f"uploader{n}", sha256=hash_key(key))
+                    for n, key in enumerate(UPLOAD_KEYS)
+                ),
             ),
         ),
         uploads=UploadSettings(max_body_bytes=CAP, max_fields=8, max_field_bytes=1024),
@@ -285,12 +292,12 @@ def test_body_over_the_cap_is_413_without_buffering(strict: Strict) -> None:
     assert not spool.exists() or not any(spool.iterdir())
 
 
-def push_over_cap(strict: Strict, megabytes: int) -> tuple[int, int]:
+def push_over_cap(strict: Strict, megabytes: int, key: str = UPLOAD_KEYS[0]) -> tuple[int, int]:
     """POST a chunked multipart body of `megabytes` MB on a raw socket, until the server
     stops taking it; the status, and the body bytes the connection took."""
     head = (
         f"POST /{STRICT}/api/public/v1/Extraction HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: {KEY_A}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Authorization: {key}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     )
     part = b'--b\r\nContent-Disposition: form-data; name="audio_file"; filename="a.wav"\r\n\r\n'
@@ -315,7 +322,9 @@ def test_refused_uploads_leave_the_proxy_and_ingress_as_they_were(strict: Strict
     proxy_before = replica_rss("ProxyActor")
     results = [push_over_cap(strict, 64) for _ in range(40)]
     with ThreadPoolExecutor(32) as pool:
-        results += pool.map(lambda _n: push_over_cap(strict, 64), range(32))
+        results += pool.map(
+            lambda n: push_over_cap(strict, 64, UPLOAD_KEYS[n % len(UPLOAD_KEYS)]), range(32)
+        )
     ingress_grown = replica_rss(f"ServeReplica:{STRICT}:Ingress") - ingress_before
     proxy_grown = replica_rss("ProxyActor") - proxy_before
     assert {status for status, _ in results} == {413}
@@ -565,20 +574,43 @@ def test_rate_limit_per_key_answers_429_with_retry_after(strict: Strict) -> None
     strict.healthy_within_a_second()
 
 
+def session_from(source: str) -> requests.Session:
+    """A requests session whose connections come from `source` (any 127.x.y.z address
+    reaches loopback)."""
+
+    class FromSource(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["source_address"] = (source, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("http://", FromSource())
+    return session
+
+
 def test_rate_limit_holds_for_concurrent_requests_of_one_key(strict: Strict) -> None:
     """100 POSTs of one key at once admit at most the limit (a slot is taken atomically
     before the body is read); the rest get 429 with Retry-After, and a key posting at the
-    same moment is not limited by them."""
+    same moment is not limited by them. The burst comes from four client addresses, as
+    a fleet of one customer's workers would, each under the HTTP proxy's bound of 64
+    connections per client."""
     url = f"http://{ALLOWED_HOST}:1/a.mp3"
     keys = [KEY_E] * 100 + [KEY_F] * (RATE_LIMIT // 2)
     start = threading.Barrier(len(keys))
 
-    def send(key: str) -> requests.Response:
-        start.wait()
-        return post(strict, key=key, audio_url=url)
+    def send(numbered: tuple[int, str]) -> requests.Response:
+        number, key = numbered
+        with session_from(f"127.0.0.{10 + number % 4}") as session:
+            start.wait()
+            return session.post(
+                strict.api("Extraction"),
+                headers={"Authorization": key},
+                data={"audio_url": url},
+                timeout=60,
+            )
 
     with ThreadPoolExecutor(max_workers=len(keys)) as pool:
-        answers = list(pool.map(send, keys))
+        answers = list(pool.map(send, enumerate(keys)))
     burst, beside = answers[:100], answers[100:]
     assert sorted({answer.status_code for answer in burst}) == [200, 429]
     assert sum(answer.status_code == 200 for answer in burst) == RATE_LIMIT

@@ -11,6 +11,7 @@ from ray import serve
 
 from models.engine import separate_windows
 from models.loading import load_model
+from models.threads import available_cores
 from serve_app.app import deployment
 from serve_app.separator import ModelShape, SegmentJob, Separator
 from serve_app.settings import AppArgs
@@ -41,6 +42,8 @@ def test_batches_follow_user_config_and_match_the_engine(service: Service, model
         stats = handle.batch_stats.remote().result()
     finally:
         serve.delete("separator-under-test")
+    # Ray starts this half-CPU actor with OMP_NUM_THREADS=1; torch still uses every core.
+    assert stats["torch_threads"] == available_cores()
     assert max(stats["sizes"]) <= 3
     assert sum(size * count for size, count in stats["sizes"].items()) == 6
     assert max(stats["tasks_per_batch"]) > 1
