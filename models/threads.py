@@ -7,17 +7,27 @@ a replica may use every core its process is allowed on, which is the CPU affinit
 narrowed by a container's CPU quota (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), as
 a Kubernetes CPU limit sets it. The standard library reads the mask but not the quota
 (`os.process_cpu_count` only arrives in Python 3.13, and also ignores quotas).
+
+OpenMP keeps its thread count per calling thread: work that a replica sends to a worker
+thread (`asyncio.to_thread`) computes on OMP_NUM_THREADS's count there, whatever
+`torch.set_num_threads` said in the replica's main thread, although
+`torch.get_num_threads` reports the setting (oneDNN's convolutions, most of HTDemucs,
+read the calling thread's count). `with_threads` sets it in the thread that computes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import torch
 
 CGROUP = Path("/sys/fs/cgroup")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def available_cores(cgroup: Path = CGROUP) -> int:
@@ -42,6 +52,12 @@ def cpu_quota(cgroup: Path = CGROUP) -> float | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def with_threads(count: int, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`function(*args, **kwargs)`, with torch computing on `count` threads in this thread."""
+    torch.set_num_threads(count)
+    return function(*args, **kwargs)
 
 
 def use_threads(requested: int | None = None) -> int:

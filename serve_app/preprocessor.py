@@ -13,7 +13,7 @@ from ray import serve
 
 from models.engine import resolve_device
 from models.preprocess import preprocess
-from models.threads import use_threads
+from models.threads import use_threads, with_threads
 from serve_app.settings import AppArgs
 
 
@@ -23,10 +23,12 @@ class Preprocessor:
 
     def __init__(self, args: AppArgs) -> None:
         self.device = resolve_device(args.engine.device).type
-        use_threads(args.engine.threads)
+        self.threads = use_threads(args.engine.threads)
 
     async def clean(
         self, samples: npt.NDArray[np.float32], sample_rate: int, steps: tuple[str, ...]
     ) -> npt.NDArray[np.float32]:
         """The samples after the named steps, same shape."""
-        return await asyncio.to_thread(preprocess, samples, sample_rate, steps, device=self.device)
+        return await asyncio.to_thread(
+            with_threads, self.threads, preprocess, samples, sample_rate, steps, device=self.device
+        )

@@ -34,7 +34,7 @@ from models.engine import Geometry, resolve_device, separate_windows
 from models.errors import ModelMissingError, ModelUnavailableError
 from models.loading import load_model
 from models.routing import ModelEntry, load_routing
-from models.threads import use_threads
+from models.threads import use_threads, with_threads
 from serve_app import metrics
 from serve_app.settings import AppArgs
 
@@ -223,6 +223,8 @@ class Separator:
             groups.setdefault(job.sources, []).append(position)
         for sources, positions in groups.items():
             outputs = await asyncio.to_thread(
+                with_threads,
+                self.threads,
                 separate_windows,
                 bag,
                 [jobs[position].window for position in positions],
