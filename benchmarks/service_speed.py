@@ -8,20 +8,26 @@ htdemucs_6s architecture, which computes what the real weights compute, unless `
 names a running service (then `--model-dir` must hold the model it serves). Then, in
 alternation, each round times:
 
-1. one track (`--seconds`, 60): from the start of the upload to the first poll that sees
-   COMPLETED, against `demucs.apply.apply_model` on the decoded track in this process;
+1. one track (`--seconds`, 60): from the start of the upload to the arrival of its
+   webhook saying COMPLETED, against `demucs.apply.apply_model` on the decoded track in
+   this process;
 2. `--concurrent` tracks (4) of `--concurrent-seconds` (30), all uploaded at once, until
-   every one is COMPLETED, against apply_model on each in turn.
+   every one's webhook has arrived, against apply_model on each in turn.
 
-The service writes every stem the model outputs, as WAV; apply_model runs with demucs's
-defaults for separation (split, overlap 0.25, no shifts) on the torch threads this
-process has. Polls every 0.1 s. The targets (issue 12): one track at most 1.10 times
-apply_model's time; concurrent tracks at least 0.95 times its sequential throughput.
+Completion is learnt from the task's webhook, sent to a receiver of this script on
+127.0.0.1, not by polling: a client polling byId ten times a second costs the service's
+Ingress and HTTP proxy several percent of a 2-core machine. (A running service given by
+`--url` must allow webhooks to 127.0.0.1, as the local profile does.) The service writes
+every stem the model outputs, as WAV; apply_model runs with demucs's defaults for
+separation (split, overlap 0.25, no shifts) on the torch threads this process has. The
+targets (issue 12): one track at most 1.10 times apply_model's time; concurrent tracks at
+least 0.95 times its sequential throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import signal
@@ -53,7 +59,48 @@ REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 MODEL = "htdemucs_6s"
 STEMS = ["vocals", "drums", "bass", "guitar", "piano"]  # every source of htdemucs_6s but other
-POLL_S = 0.1
+WEBHOOK_WAIT_S = 1800.0
+
+
+class Completions:
+    """A webhook receiver on 127.0.0.1: when each task's final webhook arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, tuple[str, float]] = {}  # task id -> (status, perf_counter)
+        self.changed = threading.Condition()
+        completions = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                at = time.perf_counter()
+                self.send_response(204)
+                self.end_headers()
+                conversion = json.loads(body)
+                with completions.changed:
+                    completions.arrived[conversion["task_id"]] = (conversion["status"], at)
+                    completions.changed.notify_all()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/done"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, task_id: str) -> float:
+        """When the task's webhook said COMPLETED; RuntimeError if it said FAILED."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: task_id in self.arrived, WEBHOOK_WAIT_S):
+                raise RuntimeError(f"no webhook for task {task_id} in {WEBHOOK_WAIT_S:g} s")
+            status, at = self.arrived[task_id]
+        if status != "COMPLETED":
+            raise RuntimeError(f"task {task_id} ended {status}")
+        return at
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def main() -> None:
@@ -151,28 +198,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def separate_by_service(url: str, song: Path) -> float:
-    """Seconds from the start of the upload to the first poll that sees COMPLETED."""
+def separate_by_service(url: str, song: Path, completions: Completions) -> float:
+    """Seconds from the start of the upload to the arrival of the COMPLETED webhook."""
     started = time.perf_counter()
     with song.open("rb") as audio:
         answer = requests.post(
             f"{url}/api/public/v1/Extraction",
-            data={"stems": json.dumps(STEMS)},
+            data={"stems": json.dumps(STEMS), "webhook_url": completions.url},
             files={"audio_file": (song.name, audio)},
             timeout=120,
         )
     answer.raise_for_status()
-    task_id = answer.json()["task_id"]
-    pause = threading.Event()
-    while True:
-        conversion = requests.get(
-            f"{url}/api/public/v1/byId", params={"task_id": task_id}, timeout=30
-        ).json()["conversion"]
-        if conversion["status"] == "COMPLETED":
-            return time.perf_counter() - started
-        if conversion["status"] == "FAILED":
-            raise RuntimeError(f"task {task_id} failed: {conversion['status_msg']}")
-        pause.wait(POLL_S)
+    return completions.wait(answer.json()["task_id"]) - started
 
 
 def separate_by_demucs(bag: BagOfModels, song: Path) -> float:
@@ -190,15 +227,25 @@ def compare(
     """Both scenarios, alternating service and apply_model within each round."""
     single_service, single_demucs = [], []
     many_service, many_demucs = [], []
-    separate_by_service(url, short_song)  # a warm-up: first-call costs are not the subject
-    for _ in range(args.rounds):
-        single_service.append(separate_by_service(url, long_song))
-        single_demucs.append(separate_by_demucs(bag, long_song))
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrent) as pool:
-            list(pool.map(lambda _: separate_by_service(url, short_song), range(args.concurrent)))
-        many_service.append(time.perf_counter() - started)
-        many_demucs.append(sum(separate_by_demucs(bag, short_song) for _ in range(args.concurrent)))
+    completions = Completions()
+
+    def by_service(song: Path) -> float:
+        return separate_by_service(url, song, completions)
+
+    try:
+        by_service(short_song)  # a warm-up: first-call costs are not the subject
+        for _ in range(args.rounds):
+            single_service.append(by_service(long_song))
+            single_demucs.append(separate_by_demucs(bag, long_song))
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                list(pool.map(lambda _: by_service(short_song), range(args.concurrent)))
+            many_service.append(time.perf_counter() - started)
+            many_demucs.append(
+                sum(separate_by_demucs(bag, short_song) for _ in range(args.concurrent))
+            )
+    finally:
+        completions.close()
     one_ratio = statistics.median(single_service) / statistics.median(single_demucs)
     throughput_ratio = statistics.median(many_demucs) / statistics.median(many_service)
     return {
