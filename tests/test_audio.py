@@ -596,7 +596,8 @@ def test_flac_cut_short_warns(tmp_path: Path) -> None:
     assert track.warnings == (shortfall(track.duration_s, 3.0),)
 
 
-def test_mp3_cut_to_a_twelfth_warns(tmp_path: Path) -> None:
+def twelve_second_mp3(tmp_path: Path) -> bytes:
+    """A LAME MP3 of 12 s of stereo tone, with its Xing/Info header."""
     path = tmp_path / "song.mp3"
     write_audio(
         path,
@@ -606,7 +607,11 @@ def test_mp3_cut_to_a_twelfth_warns(tmp_path: Path) -> None:
         muxer="mp3",
         codec="libmp3lame",
     )
-    data = path.read_bytes()
+    return path.read_bytes()
+
+
+def test_mp3_cut_to_a_twelfth_warns(tmp_path: Path) -> None:
+    data = twelve_second_mp3(tmp_path)
 
     track = decode(data[: len(data) // 12])
 
@@ -647,16 +652,7 @@ def test_input_cut_in_the_middle_of_a_packet_warns_without_a_declared_length(
 
 
 def test_damaged_packets_are_counted(tmp_path: Path) -> None:
-    path = tmp_path / "song.mp3"
-    write_audio(
-        path,
-        tone(44100, 12 * 44100, 2),
-        rate=44100,
-        layout="stereo",
-        muxer="mp3",
-        codec="libmp3lame",
-    )
-    data = bytearray(path.read_bytes())
+    data = bytearray(twelve_second_mp3(tmp_path))
     middle = len(data) // 2
     data[middle : middle + 3000] = bytes(3000)  # zeros in place of about seven frames
 

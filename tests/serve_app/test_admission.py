@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,47 +12,43 @@ import pytest
 
 from serve_app.admission import RateLimiter, Refusal, Slot
 from serve_app.tasks import TaskStore
-
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
+from tests.serve_app.test_tasks import at
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tasks.db'}"
+def database(tmp_path: Path) -> str:
+    """A task database in a SQLite file, its tables created."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    TaskStore(url).close()
+    return url
 
 
-@pytest.fixture
-def store(url: str) -> TaskStore:
-    return TaskStore(url)
+def limiter(url: str, per_window: int) -> RateLimiter:
+    return RateLimiter(TaskStore(url).engine, per_window=per_window, window_s=60)
 
 
-def test_a_key_gets_its_limit_then_a_refusal_until_the_oldest_leaves(store: TaskStore) -> None:
-    limiter = RateLimiter(store.engine, per_window=3, window_s=60)
-    slots = [limiter.take("alice", now=at(seconds)) for seconds in (0, 10, 20)]
+def test_a_key_gets_its_limit_then_a_refusal_until_the_oldest_leaves(tmp_path: Path) -> None:
+    limits = limiter(database(tmp_path), 3)
+    slots = [limits.take("alice", now=at(seconds)) for seconds in (0, 10, 20)]
     assert all(isinstance(slot, Slot) for slot in slots)
-    refused = limiter.take("alice", now=at(25))
+    refused = limits.take("alice", now=at(25))
     assert refused == Refusal(retry_after_s=35)  # the admission at 0 leaves at 60
-    assert isinstance(limiter.take("bob", now=at(25)), Slot)  # another key is not limited
-    assert limiter.take("alice", now=at(59.5)) == Refusal(retry_after_s=1)
-    assert isinstance(limiter.take("alice", now=at(60.5)), Slot)
-    assert isinstance(limiter.take("alice", now=at(61)), Refusal)
+    assert isinstance(limits.take("bob", now=at(25)), Slot)  # another key is not limited
+    assert limits.take("alice", now=at(59.5)) == Refusal(retry_after_s=1)
+    assert isinstance(limits.take("alice", now=at(60.5)), Slot)
+    assert isinstance(limits.take("alice", now=at(61)), Refusal)
 
 
-def test_a_released_slot_is_free_again_and_release_is_idempotent(store: TaskStore) -> None:
-    limiter = RateLimiter(store.engine, per_window=2, window_s=60)
-    first = limiter.take("alice", now=at(0))
-    second = limiter.take("alice", now=at(1))
+def test_a_released_slot_is_free_again_and_release_is_idempotent(tmp_path: Path) -> None:
+    limits = limiter(database(tmp_path), 2)
+    first = limits.take("alice", now=at(0))
+    second = limits.take("alice", now=at(1))
     assert isinstance(first, Slot) and isinstance(second, Slot)
-    assert isinstance(limiter.take("alice", now=at(2)), Refusal)
-    limiter.release(first)
-    limiter.release(first)  # twice: nothing more is freed
-    assert isinstance(limiter.take("alice", now=at(4)), Slot)
-    assert isinstance(limiter.take("alice", now=at(5)), Refusal)
-    limiter.release(Slot(owner="nobody", slot_id="x"))  # a key without a row
+    assert isinstance(limits.take("alice", now=at(2)), Refusal)
+    limits.release(first)
+    limits.release(first)  # twice: nothing more is freed
+    assert isinstance(limits.take("alice", now=at(4)), Slot)
+    assert isinstance(limits.take("alice", now=at(5)), Refusal)
+    limits.release(Slot(owner="nobody", slot_id="x"))  # a key without a row
 
 
 def test_limits_are_checked() -> None:
@@ -64,15 +59,15 @@ def test_limits_are_checked() -> None:
         RateLimiter(engine, per_window=1, window_s=0)
 
 
-def test_concurrent_threads_never_pass_the_limit(store: TaskStore) -> None:
-    limiter = RateLimiter(store.engine, per_window=5, window_s=60)
+def test_concurrent_threads_never_pass_the_limit(tmp_path: Path) -> None:
+    limits = limiter(database(tmp_path), 5)
     start = threading.Barrier(20)
     outcomes: list[Slot | Refusal] = []
     lock = threading.Lock()
 
     def race() -> None:
         start.wait()
-        outcome = limiter.take("alice")
+        outcome = limits.take("alice")
         with lock:
             outcomes.append(outcome)
 
@@ -87,15 +82,15 @@ def test_concurrent_threads_never_pass_the_limit(store: TaskStore) -> None:
 
 def take_in_process(url: str, owner: str, tries: int, start: Any, results: Any) -> None:
     """A separate process with its own engine, as another replica would be."""
-    limiter = RateLimiter(TaskStore(url).engine, per_window=7, window_s=60)
+    limits = limiter(url, 7)
     start.wait()
-    results.put(sum(isinstance(limiter.take(owner), Slot) for _ in range(tries)))
+    results.put(sum(isinstance(limits.take(owner), Slot) for _ in range(tries)))
 
 
-def test_concurrent_processes_never_pass_the_limit_even_for_a_new_key(url: str) -> None:
+def test_concurrent_processes_never_pass_the_limit_even_for_a_new_key(tmp_path: Path) -> None:
     """Four processes race for the key's first slots, so they also race to create its
     row: exactly the limit is admitted."""
-    TaskStore(url)  # the tables, once
+    url = database(tmp_path)
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(4)
     results = context.Queue()
