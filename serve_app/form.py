@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from serve_app.formbody import (
     FormError,
     PartReader,
     UploadLimits,
+    body_chunks,
     content_type,
     multipart_boundary,
     read_multipart,
@@ -75,7 +77,8 @@ async def read_extraction_form(
     """
     reader = PartReader(limits)
     if request.headers.get("content-length", "").strip() == "0" or (
-        "content-type" not in request.headers and await _body_is_empty(request)
+        "content-type" not in request.headers
+        and await _body_is_empty(request, limits.body_idle_timeout_s)
     ):
         return _check_form(reader, None, routing, policy)
     media_type = content_type(request.headers, limits.max_body_bytes)
@@ -92,12 +95,13 @@ async def read_extraction_form(
         raise
 
 
-async def _body_is_empty(request: Request) -> bool:
+async def _body_is_empty(request: Request, idle_timeout_s: float) -> bool:
     """Whether the body has no bytes; reads no further than its first non-empty chunk (a
     body without a Content-Type is then refused, unread)."""
-    async for chunk in request.stream():
-        if chunk:
-            return False
+    async with aclosing(body_chunks(request, idle_timeout_s)) as chunks:
+        async for chunk in chunks:
+            if chunk:
+                return False
     return True
 
 

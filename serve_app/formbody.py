@@ -12,6 +12,8 @@ preambles, header floods, missing closing boundaries) are refused as they stream
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,9 @@ class UploadLimits:
     max_preamble_bytes: int = 64 * 1024  # bytes before the first part
     max_part_headers: int = 8  # header lines per part
     max_header_bytes: int = 8 * 1024  # one header line, name and value
+    # A body that stops arriving for this long is refused (408): a client that sends a
+    # byte now and then would otherwise hold one of the Ingress's request slots for ever.
+    body_idle_timeout_s: float = 60.0
 
 
 DEFAULT_LIMITS = UploadLimits()
@@ -74,7 +79,7 @@ async def read_urlencoded(request: Request, reader: PartReader, limits: UploadLi
     # Percent-encoding at most triples a field; names and separators add a little.
     cap = min(limits.max_body_bytes, limits.max_fields * (3 * limits.max_field_bytes + 64))
     body = bytearray()
-    async with aclosing(request.stream()) as chunks:
+    async with aclosing(body_chunks(request, limits.body_idle_timeout_s)) as chunks:
         async for chunk in chunks:
             body += chunk
             if len(body) > cap:
@@ -95,6 +100,23 @@ async def read_urlencoded(request: Request, reader: PartReader, limits: UploadLi
         ) from exc
     for name, value in pairs:
         reader.add_field(name, value)
+
+
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncGenerator[bytes, None]:
+    """The request body's chunks as they arrive; FormError (408) when none arrives for
+    `idle_timeout_s`."""
+    async with aclosing(request.stream()) as chunks:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise FormError(
+                    f"the request body stalled: nothing arrived for {idle_timeout_s:g} seconds",
+                    status=408,
+                ) from None
+            yield chunk
 
 
 def content_type(headers: Headers, max_body_bytes: int) -> bytes:
@@ -276,7 +298,8 @@ async def read_multipart(
     received = 0
     spool: anyio.AsyncFile[bytes] | None = None
     try:
-        async with aclosing(request.stream()) as body:
+        idle_timeout_s = reader.limits.body_idle_timeout_s
+        async with aclosing(body_chunks(request, idle_timeout_s)) as body:
             async for chunk in body:
                 # Counted here, not trusted from Content-Length, so chunked bodies are capped.
                 received += len(chunk)

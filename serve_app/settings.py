@@ -69,6 +69,7 @@ class UploadSettings(Section):
     max_body_bytes: int = Field(500 * 1024**2, gt=0)
     max_fields: int = Field(16, gt=0)
     max_field_bytes: int = Field(64 * 1024, gt=0)
+    body_idle_timeout_s: float = Field(60.0, gt=0)
 
     def limits(self) -> UploadLimits:
         """As the form reader takes them."""
@@ -76,6 +77,7 @@ class UploadSettings(Section):
             max_body_bytes=self.max_body_bytes,
             max_fields=self.max_fields,
             max_field_bytes=self.max_field_bytes,
+            body_idle_timeout_s=self.body_idle_timeout_s,
         )
 
 

@@ -338,6 +338,58 @@ async def call_app(
     return sent[0]["status"], json.loads(body), pulled
 
 
+async def call_stalling(app: Starlette, headers: dict[str, str], first: bytes) -> tuple[int, str]:
+    """Call the app over ASGI with a body that sends `first`, then nothing, never ending
+    (a client gone quiet); the status and the error."""
+    stalled = asyncio.Event()  # never set: the rest of the body never comes
+    sent: list[Message] = []
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": first, "more_body": True}
+        await stalled.wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
+    }
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    return sent[0]["status"], body["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "first"),
+    [
+        ({"content-type": CONTENT_TYPE}, encode([AUDIO])[:60]),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"audio_url=http"),
+        ({}, b""),  # no Content-Type: the reader waits to see whether a body comes
+    ],
+)
+def test_a_body_that_stops_arriving_is_408(
+    spool_dir: Path, headers: dict[str, str], first: bytes
+) -> None:
+    app = make_app(spool_dir, UploadLimits(body_idle_timeout_s=0.2))
+    status, message = asyncio.run(call_stalling(app, headers, first))
+    assert status == 408
+    assert message == "the request body stalled: nothing arrived for 0.2 seconds"
+    assert list(spool_dir.iterdir()) == []
+
+
 def test_declared_length_over_cap_is_413_without_reading(spool_dir: Path) -> None:
     def unread() -> Iterator[bytes]:
         raise AssertionError("the body was read")

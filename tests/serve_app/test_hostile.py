@@ -195,7 +195,9 @@ def strict(
                 ),
             ),
         ),
-        uploads=UploadSettings(max_body_bytes=CAP, max_fields=8, max_field_bytes=1024),
+        uploads=UploadSettings(
+            max_body_bytes=CAP, max_fields=8, max_field_bytes=1024, body_idle_timeout_s=2.0
+        ),
         fetch=FetchSettings(timeout_s=2.0, max_bytes=256 * 1024, max_redirects=2),
         decode=DecodeSettings(max_duration_s=MAX_DURATION_S, max_decoded_bytes=64 * 1024**2),
         outbound=OutboundSettings(allowed_networks=(f"{ALLOWED_HOST}/32",)),
@@ -356,6 +358,31 @@ def test_a_refusal_before_the_body_is_read_closes_the_connection(strict: Strict)
             answer = read_response(sock)
             assert status_of(answer) == 200
             assert header_of(answer, b"connection") is None
+
+
+def test_a_body_that_stops_arriving_is_cut_off(strict: Strict) -> None:
+    """A client that sends its headers and a little of its body, then nothing, gets 408
+    once `uploads.body_idle_timeout_s` (2 s here) passes without a byte, and the
+    connection is closed: it holds no request slot of the Ingress any longer."""
+    part = b'--b\r\nContent-Disposition: form-data; name="audio_file"; filename="a.wav"\r\n\r\n'
+    with connect(strict.port) as sock:
+        sock.sendall(
+            f"POST /{STRICT}/api/public/v1/Extraction HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {UPLOAD_KEYS[1]}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {len(part) + 100_000}\r\n\r\n".encode()
+            + part
+            + b"RIFF"
+        )
+        started = time.monotonic()
+        answer = read_until_closed(sock, timeout_s=30)
+        waited = time.monotonic() - started
+    assert status_of(answer) == 408, answer[:200]
+    assert b"the request body stalled: nothing arrived for 2 seconds" in answer
+    assert 2.0 <= waited < 15.0, waited
+    spool = Path(strict.args.data_dir) / "blobs" / ".spool"
+    assert not spool.exists() or not any(spool.iterdir())
+    strict.healthy_within_a_second()
 
 
 # Row 2: fields over their caps.
