@@ -298,6 +298,24 @@ def test_field_over_max_field_bytes_is_413(spool_dir: Path) -> None:
     assert post(spool_dir, parts, UploadLimits(max_field_bytes=1000)).status_code == 200
 
 
+def post_scope(headers: dict[str, str]) -> dict[str, Any]:
+    """The ASGI scope of a POST to the Extraction path with these headers."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 async def call_app(
     app: Starlette, headers: dict[str, str], chunks: Iterator[bytes]
 ) -> tuple[int, dict[str, Any], int]:
@@ -319,21 +337,7 @@ async def call_app(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
-    await app(scope, receive, send)
+    await app(post_scope(headers), receive, send)
     body = b"".join(message.get("body", b"") for message in sent[1:])
     return sent[0]["status"], json.loads(body), pulled
 
@@ -356,18 +360,7 @@ async def call_stalling(app: Starlette, headers: dict[str, str], first: bytes) -
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
-    }
-    await asyncio.wait_for(app(scope, receive, send), 10)
+    await asyncio.wait_for(app(post_scope(headers), receive, send), 10)
     body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
     return sent[0]["status"], body["error"]
 
