@@ -11,6 +11,7 @@ see (they stay in Serve's logs).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -28,38 +29,39 @@ DOWN_REASONS = {
 }
 
 
-def deployments_down(app_name: str) -> dict[str, str]:
-    """Deployments of the application that Serve reports unhealthy or failed. One still
-    updating is not down: Serve also says so while replicas wait for a node or start
-    slowly, and a rolling update must not fail a liveness probe."""
-    deployments = _deployments(app_name)
-    if deployments is None:
-        return {"application": "not found in Serve's status"}
-    return {
-        name: DOWN_REASONS[_name(overview.status)]
-        for name, overview in deployments.items()
-        if _name(overview.status) in DOWN_REASONS
-    }
+@dataclass(frozen=True)
+class Deployments:
+    """The application's deployments as Serve reports them, in our words."""
+
+    down: dict[str, str]  # unhealthy or failed: what liveness reports
+    starting: dict[str, str]  # no replica running yet, and not down
+    running: frozenset[str]  # those with a running replica
+
+    def waiting(self) -> dict[str, str]:
+        """What readiness waits for: the deployments down or still starting."""
+        return {**self.down, **self.starting}
 
 
-def deployments_waiting(app_name: str) -> tuple[dict[str, str], set[str]]:
-    """Deployments that cannot take work yet, with the reason, and the names of those
-    with a running replica. A healthy deployment without replicas is scaled to zero and
-    starts on demand: it is not waited for."""
-    deployments = _deployments(app_name)
-    if deployments is None:
-        return {"application": "not found in Serve's status"}, set()
-    waiting: dict[str, str] = {}
+def deployment_states(app_name: str) -> Deployments:
+    """Serve's status of the application's deployments. One still updating is not down:
+    Serve also says so while replicas wait for a node or start slowly, and a rolling
+    update must not fail a liveness probe. A healthy deployment without replicas is
+    scaled to zero and starts on demand: it is not starting either."""
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return Deployments({"application": "not found in Serve's status"}, {}, frozenset())
+    down: dict[str, str] = {}
+    starting: dict[str, str] = {}
     running: set[str] = set()
-    for name, overview in deployments.items():
+    for name, overview in application.deployments.items():
         status = _name(overview.status)
+        if status in DOWN_REASONS:
+            down[name] = DOWN_REASONS[status]
         if _running_replicas(overview) > 0:
             running.add(name)
-        elif status in DOWN_REASONS:
-            waiting[name] = DOWN_REASONS[status]
-        elif status != "HEALTHY":
-            waiting[name] = "starting: no replica is running yet"
-    return waiting, running
+        elif status not in DOWN_REASONS and status != "HEALTHY":
+            starting[name] = "starting: no replica is running yet"
+    return Deployments(down, starting, frozenset(running))
 
 
 async def model_state(
@@ -78,11 +80,6 @@ async def model_state(
         return ModelState(
             model, ModelStatus.STARTING, f"model {model!r}: no Separator replica has answered yet"
         )
-
-
-def _deployments(app_name: str) -> dict[str, Any] | None:
-    application = serve.status().applications.get(app_name)
-    return None if application is None else dict(application.deployments)
 
 
 def _running_replicas(overview: Any) -> int:

@@ -39,7 +39,7 @@ from serve_app.blobs import LocalBlobStore
 from serve_app.bodyqueue import pace_replica
 from serve_app.conversion import conversion, credits, eta_s, stem_file
 from serve_app.form import ExtractionForm, FormError, form_error_response, read_extraction_form
-from serve_app.health import deployments_down, deployments_waiting, model_state
+from serve_app.health import deployment_states, model_state
 from serve_app.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.separator import ModelState, ModelStatus, separator_name
 from serve_app.settings import AppArgs
@@ -461,15 +461,8 @@ class Ingress:
         """Liveness: the database and every deployment of this application are up (200),
         else 503 naming what is down, in one line each. A data folder below its free-space
         reserve is reported under `warnings` (the service still serves status and files)."""
-        down: dict[str, str] = {}
-        tasks: dict[str, int] = {}
-        try:
-            counts = await asyncio.to_thread(self.store.counts)
-            tasks = {status.value: count for status, count in counts.items()}
-        except Exception as failure:
-            logger.exception("health check: the task database does not answer")
-            down["database"] = f"does not answer ({type(failure).__name__})"
-        down.update(await asyncio.to_thread(deployments_down, self.app_name))
+        tasks, down = await self._database()
+        down.update((await asyncio.to_thread(deployment_states, self.app_name)).down)
         warnings = {}
         short = await asyncio.to_thread(self._space_short)
         if short is not None:
@@ -480,20 +473,24 @@ class Ingress:
             )
         return JSONResponse({"status": "ok", "tasks": tasks, "warnings": warnings})
 
+    async def _database(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Tasks by status, and {"database": why} when the task database does not answer."""
+        try:
+            counts = await asyncio.to_thread(self.store.counts)
+        except Exception as failure:
+            logger.exception("health check: the task database does not answer")
+            return {}, {"database": f"does not answer ({type(failure).__name__})"}
+        return {status.value: count for status, count in counts.items()}, {}
+
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
         """Readiness: 200 once the database answers, every deployment has a running
         replica (or is scaled to zero) and every running Separator has loaded its model;
         else 503 naming what is not ready and why, one line each."""
-        waiting: dict[str, str] = {}
-        try:
-            await asyncio.to_thread(self.store.counts)
-        except Exception as failure:
-            logger.exception("readiness check: the task database does not answer")
-            waiting["database"] = f"does not answer ({type(failure).__name__})"
-        starting, running = await asyncio.to_thread(deployments_waiting, self.app_name)
-        waiting.update(starting)
-        asked = [model for model in self.separators if separator_name(model) in running]
+        _, waiting = await self._database()
+        deployments = await asyncio.to_thread(deployment_states, self.app_name)
+        waiting.update(deployments.waiting())
+        asked = [m for m in self.separators if separator_name(m) in deployments.running]
         states = await asyncio.gather(
             *(model_state(self.separators[model], model) for model in asked)
         )
