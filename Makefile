@@ -21,10 +21,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 # The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml). The
-# variable makes Serve's HTTP proxy install serve_app/proxyguard.py as it starts: header
+# variable makes Serve's HTTP proxy install serve_app/http/proxyguard.py as it starts: header
 # timeout, connection bounds, bounded request bodies (STEMSPLIT_PROXY_* set the limits).
 run: install
-	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.proxyguard:install \
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.http.proxyguard:install \
 		$(BIN)/serve run configs/local.yaml
 
 # A small random-weight htdemucs_6s in data/models, to try the API offline. Its

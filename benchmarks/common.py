@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.encode import StemEncoder
-from models.testmodel import make_test_model
+from models.audio.encode import StemEncoder
+from models.families.demucs.testmodel import make_test_model
 
 RATE = 44100
 

@@ -20,8 +20,8 @@ import torch
 from demucs.apply import apply_model
 
 from benchmarks.common import RATE, model_folder
-from models.engine import collect_track, normalisation
-from models.loading import load_model
+from models.engine.tiling import collect_track, normalisation
+from models.families.demucs.loading import load_model
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import model_folder, peak_rss_mb, write_song
-from models.routing import load_routing
-from models.separate import ModelStore, separate_file
+from models.run import ModelStore, separate_file
+from models.stems.routing import load_routing
 
 
 def measure(minutes: float, root: Path, small: bool) -> dict[str, float]:

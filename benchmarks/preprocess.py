@@ -20,10 +20,10 @@ import tracemalloc
 import numpy as np
 import numpy.typing as npt
 
-from models.denoise import DenoiseOptions, denoise
-from models.preprocess import STEPS, preprocess
-from models.quality import echo_level_db, energy_db, sdr_db, snr_improvement_db
-from models.synth import add_echo, add_noise, render_music, reverberate, room_impulse
+from models.preprocess.denoise import DenoiseOptions, denoise
+from models.preprocess.steps import STEPS, preprocess
+from models.testing.quality import echo_level_db, energy_db, sdr_db, snr_improvement_db
+from models.testing.synth import add_echo, add_noise, render_music, reverberate, room_impulse
 
 RATE = 44100
 Samples = npt.NDArray[np.float32]

@@ -51,9 +51,9 @@ from demucs.apply import BagOfModels, apply_model
 
 from benchmarks.common import model_folder, write_song
 from benchmarks.soak import loopback_url
-from models.audio import decode
-from models.engine import normalisation
-from models.loading import load_model
+from models.audio.decode import decode
+from models.engine.tiling import normalisation
+from models.families.demucs.loading import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"

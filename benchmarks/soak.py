@@ -52,8 +52,8 @@ from benchmarks.common import RATE
 from benchmarks.receiver import WebhookLog, receiving
 from benchmarks.soakclient import SoakClient, TaskOutcome
 from benchmarks.soakreport import SoakReport, build_report, format_report
-from models.encode import StemEncoder
-from models.synth import render_music
+from models.audio.encode import StemEncoder
+from models.testing.synth import render_music
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 RECHECK_TRIES = 5  # reads of a final task after the run, one a second, before it is unverified

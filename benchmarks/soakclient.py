@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.audit import FinalView
-from serve_app.records import FINAL
+from serve_app.store.records import FINAL
 
 PREFIX = "/api/public/v1"
 REJECTED = frozenset({429, 503})  # the service's overload answers, when they carry Retry-After

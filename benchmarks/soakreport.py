@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from benchmarks.audit import Audit
 from benchmarks.chaos import Kill
 from benchmarks.soakclient import REJECTED, TaskOutcome
-from serve_app.records import Status
+from serve_app.store.records import Status
 
 
 @dataclass(frozen=True)

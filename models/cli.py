@@ -17,15 +17,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.audio import DecodeLimits, decode
-from models.encode import FORMATS, StemEncoder
-from models.engine import DEVICES, PRECISIONS, resolve_device
+from models.audio.decode import DecodeLimits, decode
+from models.audio.encode import FORMATS, StemEncoder
+from models.engine.tiling import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
-from models.preprocess import STEPS, parse_steps, preprocess
-from models.routing import DEFAULT_ROUTING_PATH, load_routing
-from models.separate import EngineOptions, ModelStore, check_format, separate_file
-from models.stems import ALL_STEMS, DEFAULT_STEMS
-from models.testmodel import LAYOUTS, RECIPES, make_test_model
+from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
+from models.preprocess.steps import STEPS, parse_steps, preprocess
+from models.run import EngineOptions, ModelStore, check_format, separate_file
+from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
+from models.stems.routing import DEFAULT_ROUTING_PATH, load_routing
 
 
 def build_parser() -> argparse.ArgumentParser:

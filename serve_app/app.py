@@ -10,11 +10,11 @@ from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
-from models.routing import load_routing
-from serve_app.ingress import Ingress
-from serve_app.pipeline import Pipeline
-from serve_app.preprocessor import Preprocessor
-from serve_app.separator import Separator, separator_name
+from models.stems.routing import load_routing
+from serve_app.deployments.ingress import Ingress
+from serve_app.deployments.pipeline import Pipeline
+from serve_app.deployments.preprocessor import Preprocessor
+from serve_app.deployments.separator import Separator, separator_name
 from serve_app.settings import AppArgs
 
 __all__ = ["build_app", "deployment", "deployment_names", "separator_name"]

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.audio import DecodeLimits
-from models.routing import DEFAULT_ROUTING_PATH
-from serve_app.fetch import FetchLimits
-from serve_app.formbody import UploadLimits
-from serve_app.netguard import OutboundPolicy
-from serve_app.webhooks import RetrySchedule
+from models.audio.decode import DecodeLimits
+from models.stems.routing import DEFAULT_ROUTING_PATH
+from serve_app.http.body import UploadLimits
+from serve_app.outbound.fetch import FetchLimits
+from serve_app.outbound.netguard import OutboundPolicy
+from serve_app.outbound.webhooks import RetrySchedule
 
 
 class Section(BaseModel):
@@ -100,7 +100,7 @@ class FetchSettings(Section):
 
 
 class DecodeSettings(Section):
-    """Limits on decoding an input; see models.audio.DecodeLimits."""
+    """Limits on decoding an input; see models.audio.decode.DecodeLimits."""
 
     max_duration_s: float = Field(3600.0, gt=0)
     max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
@@ -143,7 +143,7 @@ class WebhookSettings(Section):
 class OutboundSettings(Section):
     """Which addresses `audio_url` downloads and webhooks may reach. By default only
     public addresses: loopback, private, link-local (cloud metadata), CGNAT, multicast
-    and the like are refused (serve_app/netguard.py)."""
+    and the like are refused (serve_app/outbound/netguard.py)."""
 
     allow_private: bool = False  # true: no address is refused (a trusted network only)
     allowed_networks: tuple[str, ...] = ()  # CIDRs reachable even though not public

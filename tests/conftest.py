@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from demucs.apply import BagOfModels
 
-from models.loading import load_model
-from models.testmodel import make_test_model
+from models.families.demucs.loading import load_model
+from models.families.demucs.testmodel import make_test_model
 
 SMALL_MODELS = ("htdemucs_6s", "htdemucs_ft", "hdemucs_mmi", "htdemucs")
 

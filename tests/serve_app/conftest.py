@@ -20,11 +20,12 @@ import ray
 import requests
 from ray import serve
 
-from models.audio import decode
-from models.encode import StemEncoder
-from models.synth import render_music
+from models.audio.decode import decode
+from models.audio.encode import StemEncoder
+from models.testing.synth import render_music
 from serve_app.app import build_app
-from serve_app.proxyguard import ProxySettings
+from serve_app.http.proxyguard import ProxySettings
+from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import (
     ApiKey,
     AppArgs,
@@ -35,7 +36,6 @@ from serve_app.settings import (
     WebhookSettings,
     hash_key,
 )
-from serve_app.webhooks import new_secret
 from tests.serve_app.hub import LoopbackHub, start_hub
 from tests.serve_app.smalldisk import small_disk
 
@@ -47,7 +47,7 @@ SECRET = new_secret()
 UPLOAD_CAP = 4 * 1024**2
 RATE = 44100
 APP = "stemsplit"
-# Serve's HTTP proxy limits (serve_app/proxyguard.py), the defaults but for a header
+# Serve's HTTP proxy limits (serve_app/http/proxyguard.py), the defaults but for a header
 # timeout short enough for the slow-client tests (test_proxyguard.py) to wait out.
 PROXY = ProxySettings(header_timeout_s=5.0)
 

@@ -21,17 +21,17 @@ import ray
 import requests
 from ray import serve
 
-from models.routing import load_routing
-from models.separate import ModelStore, separate_file
+from models.run import ModelStore, separate_file
+from models.stems.routing import load_routing
 from serve_app.app import build_app, separator_name
-from serve_app.records import Status, TaskRecord
 from serve_app.settings import (
     AppArgs,
     LimitSettings,
     OutboundSettings,
     PipelineSettings,
 )
-from serve_app.tasks import TaskStore
+from serve_app.store.records import Status, TaskRecord
+from serve_app.store.tasks import TaskStore
 from tests.serve_app.conftest import (
     APP,
     KEY_A,

@@ -28,7 +28,7 @@ import requests
 from av.audio.frame import AudioFrame
 from ray import serve
 
-from models.encode import StemEncoder
+from models.audio.encode import StemEncoder
 from serve_app.app import build_app
 from serve_app.settings import (
     ApiKey,
@@ -44,7 +44,7 @@ from serve_app.settings import (
     WebhookSettings,
     hash_key,
 )
-from serve_app.tasks import TaskStore
+from serve_app.store.tasks import TaskStore
 from tests.serve_app.conftest import (
     KEY_A,
     KEY_B,

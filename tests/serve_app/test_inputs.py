@@ -10,8 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.serve_app.conftest import Recorder, Service, submit, wait_final
-from tests.test_audio import (
+from tests.models.audio.test_decode import (
     UNKNOWN_LENGTH,
     add_video,
     tone,
@@ -19,6 +18,7 @@ from tests.test_audio import (
     write_unknown_length,
     write_video,
 )
+from tests.serve_app.conftest import Recorder, Service, submit, wait_final
 
 SUFFIXES = {
     "flac-streamed": "flac",

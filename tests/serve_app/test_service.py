@@ -13,11 +13,11 @@ import ray
 import requests
 from ray import serve
 
-from models.preprocess import preprocess
+from models.preprocess.steps import preprocess
 from serve_app.app import separator_name
-from serve_app.retention import sweep_work_folders
-from serve_app.tasks import TaskStore
-from serve_app.webhooks import verify
+from serve_app.outbound.webhooks import verify
+from serve_app.store.retention import sweep_work_folders
+from serve_app.store.tasks import TaskStore
 from tests.serve_app.conftest import (
     APP,
     KEY_A,

@@ -1,0 +1,77 @@
+"""Preprocessing before separation: Denoise, Deecho and Dereverb, in that order.
+
+The API names the steps as MusicGPT does (`Denoise`, `Deecho`, `Dereverb`); whatever
+order a caller lists them in, they run in that fixed order, because each assumes the
+one before it has run (echo detection is thrown off by broadband noise, and WPE
+mistakes a discrete echo for reverberation). Each step lives in its own module as a
+pure function of (samples, sample rate, options); this module only orders them and
+checks that every step kept the shape of the audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import PreprocessError
+from models.preprocess.deecho import DeechoOptions, deecho
+from models.preprocess.denoise import DenoiseOptions, denoise
+from models.preprocess.dereverb import DereverbOptions, dereverb
+
+Samples = npt.NDArray[np.float32]
+STEPS = ("Denoise", "Deecho", "Dereverb")
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """Options of every step; the defaults are what the service uses."""
+
+    denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
+    deecho: DeechoOptions = field(default_factory=DeechoOptions)
+    dereverb: DereverbOptions = field(default_factory=DereverbOptions)
+
+
+def parse_steps(value: Sequence[str] | None) -> tuple[str, ...]:
+    """Validate step names (any letter case) and return them in the order they run."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        raise PreprocessError("preprocessing steps must be a list of names, not one string")
+    canonical = {step.lower(): step for step in STEPS}
+    unknown = [name for name in value if str(name).lower() not in canonical]
+    if unknown:
+        raise PreprocessError(
+            f"unknown preprocessing step(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(STEPS)}"
+        )
+    asked = {canonical[name.lower()] for name in value}
+    return tuple(step for step in STEPS if step in asked)
+
+
+def preprocess(
+    samples: Samples,
+    sample_rate: int,
+    steps: Sequence[str] | None,
+    options: PreprocessOptions | None = None,
+    *,
+    device: str = "cpu",
+    on_step: Callable[[str], None] | None = None,
+) -> Samples:
+    """Apply the named steps to (channels, frames) float32 samples, in their fixed order."""
+    chosen = options or PreprocessOptions()
+    runners: dict[str, Callable[[Samples], Samples]] = {
+        "Denoise": lambda audio: denoise(audio, sample_rate, chosen.denoise, device=device),
+        "Deecho": lambda audio: deecho(audio, sample_rate, chosen.deecho, device=device),
+        "Dereverb": lambda audio: dereverb(audio, sample_rate, chosen.dereverb, device=device),
+    }
+    for step in parse_steps(steps):
+        if on_step is not None:
+            on_step(step)
+        result = runners[step](samples)
+        if result.shape != samples.shape or result.dtype != np.float32:
+            raise RuntimeError(f"{step} changed the audio's shape or type")
+        samples = result
+    return samples

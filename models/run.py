@@ -1,0 +1,353 @@
+"""One track end to end, without Ray: decode, preprocess, plan, run the passes, derive, encode.
+
+`separate_file` is what the command line runs; the service's pipeline calls
+`write_stems` with its models behind Ray handles (any `PassModels`). Memory stays
+bounded in track length: the input is held once (plus its model-domain copy when the
+rate or channels differ), stems stream from the engine through `OutputConverter` into
+`StemEncoder` block by block, and only a stem that a later pass takes as its input (a
+cascade) is held whole. Derived stems are
+computed in the output domain from the decoded input, so `instrumental + vocals` equals
+the input exactly before encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from demucs.apply import BagOfModels
+
+from models.audio.decode import DecodeLimits, Track, decode, to_model_input
+from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
+from models.engine.tiling import (
+    Geometry,
+    WindowRunner,
+    resolve_device,
+    separate_windows,
+    stream_track,
+)
+from models.errors import AudioError
+from models.families.demucs.loading import load_model
+from models.preprocess.steps import parse_steps, preprocess
+from models.stems.catalogue import MIXTURE
+from models.stems.derive import Combination, expand
+from models.stems.planner import Pass, Plan, make_plan
+from models.stems.routing import Routing, load_routing
+
+Progress = Callable[[float], None]
+WRITE_BLOCK = 1 << 18  # frames per encoder call for whole-track derived stems
+Samples = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the segment engine runs; the defaults are deterministic fp32 on the CPU.
+    `device` is one of engine.DEVICES: `auto` picks CUDA when present."""
+
+    batch_size: int = 1
+    overlap: float = 0.25
+    shifts: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+@dataclass
+class ModelStore:
+    """Loads each routed model once and keeps it."""
+
+    routing: Routing
+    model_dir: Path | None = None
+    use_hub: bool = True
+    loaded: dict[str, BagOfModels] = field(default_factory=dict)
+
+    def get(self, name: str) -> BagOfModels:
+        """The bag for routing entry `name`, loading it on first use."""
+        if name not in self.loaded:
+            entry = self.routing.models[name]
+            self.loaded[name] = load_model(
+                entry.weights,
+                model_dir=self.model_dir,
+                use_hub=self.use_hub,
+                checksum=entry.checksum,
+            )
+        return self.loaded[name]
+
+
+class PassModels(Protocol):
+    """The models a plan's passes run on: in this process (`LocalModels`) or behind
+    the service's Separator deployments."""
+
+    @property
+    def routing(self) -> Routing:
+        """Which model serves which stem."""
+        ...
+
+    def geometry(self, model: str) -> Geometry:
+        """How routing entry `model` cuts a track."""
+        ...
+
+    def runner(self, model: str) -> WindowRunner:
+        """Runs windows through routing entry `model`."""
+        ...
+
+
+@dataclass
+class LocalModels:
+    """The models of a `ModelStore`, run in this process on `device`."""
+
+    store: ModelStore
+    device: torch.device
+    precision: str = "fp32"
+
+    @property
+    def routing(self) -> Routing:
+        """The store's routing."""
+        return self.store.routing
+
+    def geometry(self, model: str) -> Geometry:
+        """The geometry of the loaded bag."""
+        return Geometry.of(self.store.get(model))
+
+    def runner(self, model: str) -> WindowRunner:
+        """`separate_windows` on the loaded bag."""
+        bag = self.store.get(model)
+
+        def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            return separate_windows(
+                bag, windows, sources=sources, device=self.device, precision=self.precision
+            )
+
+        return run
+
+
+def separate_file(
+    source: str | Path | bytes,
+    stems: Sequence[str] | None,
+    out_dir: str | Path,
+    *,
+    fmt: str = "wav",
+    store: ModelStore | None = None,
+    options: EngineOptions = EngineOptions(),
+    limits: DecodeLimits | None = None,
+    preprocessing: Sequence[str] | None = None,
+    on_progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Separate an audio file into `stems`, after the named preprocessing steps;
+    return the written file of each stem. `on_warning` hears each warning about the
+    input (models/audio/integrity.py), such as it being shorter than its header declares."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    store = store or ModelStore(load_routing())
+    plan = make_plan(stems, store.routing)
+    steps = parse_steps(preprocessing)
+    track = decode(source, limits or DecodeLimits())
+    if on_warning is not None:
+        for warning in track.warnings:
+            on_warning(warning)
+    check_format(fmt, track)
+    if steps:
+        device = resolve_device(options.device).type
+        cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
+        track = replace(track, samples=cleaned)
+    models = LocalModels(store, resolve_device(options.device), options.precision)
+    return write_stems(
+        plan, track, models, out_dir, fmt=fmt, options=options, on_progress=on_progress
+    )
+
+
+def write_stems(
+    plan: Plan,
+    track: Track,
+    models: PassModels,
+    out_dir: str | Path,
+    *,
+    fmt: str = "wav",
+    options: EngineOptions = EngineOptions(),
+    on_progress: Progress | None = None,
+) -> dict[str, Path]:
+    """Run `plan` on a decoded (and cleaned) track and write each stem to
+    `out_dir/<stem>.<fmt>`; on any failure no file of this run is left."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}
+    encoders: dict[str, StemEncoder] = {}
+    try:
+        for stem, path in paths.items():
+            encoders[stem] = StemEncoder(
+                path,
+                fmt,
+                sample_rate=track.sample_rate,
+                channels=track.channels,
+                layout=track.layout,
+            )
+        run_plan(plan, track, models, encoders, options=options, on_progress=on_progress)
+    except BaseException:
+        # A half-written stem is worse than none: remove every file of this run.
+        for encoder in encoders.values():
+            encoder.close()
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise
+    for encoder in encoders.values():
+        encoder.close()
+    return paths
+
+
+def check_format(fmt: str, track: Track) -> None:
+    """Refuse, before any work, an output format that cannot hold the input's shape."""
+    try:
+        check_supported(fmt, track.sample_rate, track.channels)
+    except ValueError as exc:
+        raise AudioError(f"{exc}; ask for wav, which holds any input") from exc
+
+
+def run_plan(
+    plan: Plan,
+    track: Track,
+    models: PassModels,
+    encoders: Mapping[str, StemEncoder],
+    *,
+    options: EngineOptions = EngineOptions(),
+    on_progress: Progress | None = None,
+) -> None:
+    """Run every pass of `plan` on `track`, writing requested stems to `encoders`.
+
+    A derived stem whose model stems all come from one pass is computed beside them,
+    block by block; one that draws on several passes is summed into a whole-track
+    array as the passes go and written at the end.
+    """
+    cascade_inputs = {step.input for step in plan.passes if step.input != MIXTURE}
+    pass_of = {stem: number for number, step in enumerate(plan.passes) for stem in step.outputs}
+    routing = models.routing
+    combinations = [expand(stem, routing.derived) for stem in plan.stems if stem in routing.derived]
+    streamed: dict[int, list[Combination]] = {}
+    summed: dict[str, tuple[Combination, Samples]] = {}
+    for combination in combinations:
+        passes = {pass_of[stem] for stem in combination.stems()}
+        if len(passes) == 1:
+            streamed.setdefault(passes.pop(), []).append(combination)
+        else:
+            share = sum(coefficient for stem, coefficient in combination.terms if stem == MIXTURE)
+            summed[combination.name] = (combination, (share * track.samples).astype(np.float32))
+    held: dict[str, torch.Tensor] = {}
+    # Passes on the mixture share its conversion to their (rate, channels).
+    mixtures: dict[tuple[int, int], torch.Tensor] = {}
+    for number, step in enumerate(plan.passes):
+        geometry = models.geometry(step.model)
+        if step.input == MIXTURE:
+            domain = (geometry.samplerate, geometry.audio_channels)
+            if domain not in mixtures:
+                mixtures[domain] = torch.from_numpy(to_model_input(track, *domain))
+            mix = mixtures[domain]
+        else:
+            mix = held[step.input]
+        writer = _PassWriter(
+            step, track, geometry, encoders, streamed.get(number, []), summed, cascade_inputs
+        )
+
+        def report(done: int, total: int, number: int = number) -> None:
+            if on_progress is not None:
+                on_progress((number + done / total) / len(plan.passes))
+
+        entry = routing.models[step.model]
+        stream_track(
+            geometry,
+            models.runner(step.model),
+            mix,
+            writer.write,
+            sources=[entry.outputs[stem] for stem in step.outputs],
+            batch_size=options.batch_size,
+            overlap=options.overlap,
+            shifts=options.shifts,
+            seed=options.seed,
+            on_progress=report,
+        )
+        writer.finish()
+        held.update(writer.held())
+    for name, (_combination, samples) in summed.items():
+        for start in range(0, track.frames, WRITE_BLOCK):
+            encoders[name].write(samples[:, start : start + WRITE_BLOCK])
+
+
+class _PassWriter:
+    """Takes one pass's blocks: converts stems to the output domain, computes derived
+    stems beside them, encodes what was asked for, and holds stems for later passes."""
+
+    def __init__(
+        self,
+        step: Pass,
+        track: Track,
+        geometry: Geometry,
+        encoders: Mapping[str, StemEncoder],
+        streamed: Sequence[Combination],
+        summed: Mapping[str, tuple[Combination, Samples]],
+        cascade_inputs: set[str],
+    ) -> None:
+        self.step = step
+        self.track = track
+        self.encoders = encoders
+        self.streamed = streamed
+        self.summed = summed
+        self.position = 0  # output-domain frames written so far
+        wanted = set(encoders)
+        for combination in [*streamed, *(entry[0] for entry in summed.values())]:
+            wanted.update(combination.stems())
+        self.converters = {
+            stem: OutputConverter(
+                model_rate=geometry.samplerate,
+                out_rate=track.sample_rate,
+                out_channels=track.channels,
+                out_layout=track.layout,
+                total_frames=track.frames,
+            )
+            for stem in step.outputs
+            if stem in wanted
+        }
+        self.blocks: dict[str, list[torch.Tensor]] = {
+            stem: [] for stem in step.outputs if stem in cascade_inputs
+        }
+
+    def write(self, _start: int, block: torch.Tensor) -> None:
+        """Take one engine block (stems, channels, frames) of this pass."""
+        converted = {}
+        for index, stem in enumerate(self.step.outputs):
+            if stem in self.blocks:
+                self.blocks[stem].append(block[index].clone())
+            if stem in self.converters:
+                converted[stem] = self.converters[stem].push(block[index].numpy())
+        self._emit(converted)
+
+    def finish(self) -> None:
+        """Flush the converters so every stem has exactly the input's length."""
+        self._emit({stem: converter.finish() for stem, converter in self.converters.items()})
+
+    def held(self) -> dict[str, torch.Tensor]:
+        """Whole model-domain stems that later passes take as input."""
+        return {stem: torch.cat(blocks, dim=-1) for stem, blocks in self.blocks.items()}
+
+    def _emit(self, converted: dict[str, Samples]) -> None:
+        if not converted:
+            return
+        frames = {piece.shape[-1] for piece in converted.values()}
+        if len(frames) != 1:
+            raise RuntimeError(f"stems of one pass fell out of step: {sorted(frames)}")
+        count = frames.pop()
+        span = slice(self.position, self.position + count)
+        mixture = self.track.samples[:, span]
+        for combination in self.streamed:
+            converted[combination.name] = combination.apply(converted, mixture)
+        for combination, samples in self.summed.values():
+            for stem, coefficient in combination.terms:
+                if stem in converted and stem != MIXTURE:
+                    samples[:, span] += coefficient * converted[stem]
+        for stem, piece in converted.items():
+            if stem in self.encoders:
+                self.encoders[stem].write(piece)
+        self.position += count

@@ -1,0 +1,493 @@
+"""The Pipeline deployment: takes tasks from the database and runs each one end to end.
+
+A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
+a task whose replica died is taken again by a live one once the lease expires, and two
+replicas never run the same task. Per task: wait until the models of its plan are loaded
+(saying so in its status_msg; a model that failed to load, or that does not load within
+`model_wait_s`, ends the task FAILED with the reason), fetch `audio_url` or open the
+upload, decode within the limits, clean through the Preprocessor, send segments to the
+Separator of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
+COMPLETED, which in the same transaction queues its webhook in the outbox. Any failure
+ends in FAILED with a message the caller can act on; tracebacks stay in the logs.
+
+A segment whose Separator replica died is sent again; a replica shut down gracefully
+hands its running tasks back to the queue; the claim loop also wakes the webhook
+dispatcher (restarting it if it died) and runs the retention sweep. While the data
+folder is below its free-space reserve no new task is taken; a task that meets a full
+disk fails with that reason, and one that cannot even record its failure (the database
+is full) is taken again once its lease expires (serve_app/store/faults.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import ray
+import torch
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from models.audio.decode import decode
+from models.engine.tiling import Geometry, WindowRunner
+from models.errors import ModelUnavailableError, SeparationError
+from models.run import EngineOptions, check_format, write_stems
+from models.stems.planner import Plan, make_plan
+from models.stems.routing import Routing, load_routing
+from serve_app.deployments import metrics, replicas
+from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
+from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
+from serve_app.http.wire import conversion, credits, stem_key
+from serve_app.outbound.dispatcher import WebhookDispatcher
+from serve_app.outbound.fetch import FetchError, fetch_audio
+from serve_app.outbound.webhooks import new_secret
+from serve_app.settings import AppArgs
+from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.faults import log_loop_failure, space_short, storage_fault
+from serve_app.store.records import Status, TaskRecord
+from serve_app.store.retention import (
+    sweep,
+    sweep_orphan_inputs,
+    sweep_work_folders,
+    work_folder_name,
+)
+from serve_app.store.tasks import TaskStore
+
+logger = logging.getLogger("ray.serve")
+
+PROGRESS_EVERY_S = 1.0  # at most one progress write per task per second
+
+
+class LeaseLostError(Exception):
+    """Another replica took the task over; this one stops working on it."""
+
+
+INTERNAL_ERROR = "internal error while processing the task; it has been logged"
+
+
+def user_message(error: BaseException) -> str | None:
+    """What a caller may read about a failure: our own errors' messages and storage
+    faults (disk full, database unwritable); None for anything else, whose internals
+    stay in the logs."""
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    if isinstance(cause, SeparationError | FetchError):
+        return str(cause)
+    fault = storage_fault(cause)
+    if fault is not None:
+        return f"the service could not store the task's audio: {fault}; try again later"
+    return None
+
+
+@dataclass
+class RemoteModels:
+    """The routing's models behind Separator handles, used from a worker thread: every
+    call blocks on its response, which a thread outside the replica's event loop may do."""
+
+    routing: Routing
+    separators: dict[str, DeploymentHandle]
+    task_id: str
+
+    def geometry(self, model: str) -> Geometry:
+        """The model's geometry, asked of its Separator (again if its replica died)."""
+        handle = self.separators[model]
+        what = f"task {self.task_id}: a Separator's model shape"
+        shape: ModelShape = replicas.result(lambda: handle.shape.remote(), what)
+
+        @functools.cache
+        def valid_length(length: int) -> int:
+            return int(replicas.result(lambda: handle.valid_length.remote(length), what))
+
+        return Geometry(
+            samplerate=shape.samplerate,
+            audio_channels=shape.audio_channels,
+            sources=shape.sources,
+            segment_length=shape.segment_length,
+            valid_length=valid_length,
+        )
+
+    def runner(self, model: str) -> WindowRunner:
+        """Sends windows to the Separator all at once, so they can share its batches."""
+        handle = self.separators[model]
+
+        def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            jobs = [SegmentJob(window, tuple(sources), self.task_id) for window in windows]
+            responses = [handle.separate.remote(job) for job in jobs]
+            return [
+                self._result(handle, job, response)
+                for job, response in zip(jobs, responses, strict=True)
+            ]
+
+        return run
+
+    def _result(self, handle: DeploymentHandle, job: SegmentJob, response: Any) -> torch.Tensor:
+        """A segment's output; a segment whose replica died is sent again (to a live one).
+        A segment is a pure function of its window, so running it twice changes nothing."""
+        what = f"task {self.task_id}: a Separator's segment"
+        output = replicas.result(lambda: handle.separate.remote(job), what, sent=response)
+        return cast(torch.Tensor, output)
+
+
+def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
+    """The application's webhook dispatcher: a detached Ray actor, restarted whenever it
+    dies, shared by every Pipeline replica (the first one creates it)."""
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WebhookDispatcher)
+    return actor.options(
+        name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
+    ).remote(
+        functools.partial(TaskStore, args.db_url()),
+        webhook_secret(args),
+        args.webhooks.schedule(),
+        poll_s=args.webhooks.poll_s,
+        concurrency=args.webhooks.concurrency,
+        on_attempt=count_attempt,
+        outbound=args.outbound.policy(),
+    )
+
+
+def count_attempt(attempt: Any) -> None:
+    """The dispatcher's hook: webhook attempts by outcome."""
+    metrics.webhook_attempts().inc(tags={"outcome": attempt.outcome})
+
+
+def webhook_secret(args: AppArgs) -> str:
+    """The configured secret, else one generated once and kept in the data folder
+    (readable by the owner only), so receivers can verify across restarts."""
+    configured = args.webhook_secret()
+    if configured:
+        return configured
+    path = args.data_path() / "webhook-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".{uuid.uuid4().hex}")
+        staging.write_text(new_secret())
+        staging.chmod(0o600)
+        staging.replace(path)
+    return path.read_text().strip()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Pipeline:
+    """Claims tasks and runs them, `tasks_per_replica` at a time."""
+
+    def __init__(
+        self,
+        args: AppArgs,
+        separators: dict[str, DeploymentHandle],
+        preprocessor: DeploymentHandle,
+    ) -> None:
+        self.args = args
+        self.settings = args.pipeline
+        self.separators = separators
+        self.preprocessor = preprocessor
+        self.routing = load_routing(Path(args.routing))
+        self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
+        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.work_dir = args.data_path() / "work"
+        self.outbound = args.outbound.policy()
+        context = serve.get_replica_context()
+        self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
+        self.dispatcher = webhook_dispatcher(args, context.app_name)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.lost: dict[str, asyncio.Event] = {}  # set when a running task's lease is gone
+        self.wakeup = asyncio.Event()
+        self.space_note: str | None = None  # why no new task is taken, while disk is short
+        self.loop = asyncio.get_running_loop().create_task(self._claim_loop())
+
+    async def wake(self) -> None:
+        """Look for work now (the ingress calls this after creating a task)."""
+        self.wakeup.set()
+
+    async def __del__(self) -> None:
+        """Graceful shutdown (Serve calls this): stop claiming and hand unfinished tasks
+        back to the queue, so a live or restarted replica takes them at once instead of
+        waiting for their leases to expire."""
+        self.loop.cancel()
+        for task_id in list(self.running):
+            self.lost[task_id].set()  # stops the worker thread at its next segment
+            released = await asyncio.to_thread(self.store.release, task_id, self.worker)
+            logger.info("task %s: handed back on shutdown (%s)", task_id, released)
+        for task in list(self.running.values()):
+            task.cancel()
+
+    async def check_health(self) -> None:
+        """Unhealthy once the claim loop has stopped: Serve then replaces the replica."""
+        if self.loop.done():
+            raise RuntimeError("the pipeline's claim loop stopped")
+
+    async def running_tasks(self) -> list[str]:
+        """Ids of the tasks this replica is working on."""
+        return sorted(self.running)
+
+    async def _claim_loop(self) -> None:
+        swept_at = float("-inf")
+        while True:
+            try:
+                await self._fill()
+                self.dispatcher.wake.remote()
+                counts = await asyncio.to_thread(self.store.counts)
+                metrics.queue_length().set(counts[Status.IN_QUEUE])
+                if time.monotonic() - swept_at >= self.args.retention.sweep_every_s:
+                    swept_at = time.monotonic()
+                    await asyncio.to_thread(self._sweep)
+            except Exception as error:
+                log_loop_failure(logger, "pipeline claim loop (database or actor call)", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_s)
+            self.wakeup.clear()
+
+    async def _fill(self) -> None:
+        if len(self.running) >= self.settings.tasks_per_replica:
+            return
+        if await asyncio.to_thread(self._space_short):
+            return
+        while len(self.running) < self.settings.tasks_per_replica:
+            record = await asyncio.to_thread(
+                self.store.claim, self.worker, self.settings.lease_s, payload=self._payload
+            )
+            if record is None:
+                return
+            task = asyncio.get_running_loop().create_task(self._run(record))
+            self.running[record.task_id] = task
+            task.add_done_callback(functools.partial(self._done, record.task_id))
+
+    def _space_short(self) -> bool:
+        """Whether the data folder is below its free-space reserve; queued tasks then wait
+        (logged once as it starts and once as it ends) instead of failing for want of room."""
+        note = space_short(self.args.data_path(), self.args.limits.min_free_bytes)
+        if note != self.space_note:
+            if note is not None:
+                logger.warning("pipeline: taking no new task: %s", note)
+            else:
+                logger.info("pipeline: disk space is back; taking tasks again")
+            self.space_note = note
+        return note is not None
+
+    def _sweep(self) -> None:
+        """Delete the files of tasks past the retention time, uploads no task uses (those
+        only after an hour at least: an upload becomes a task within moments), and the work
+        folders of workers that died at work."""
+        keep_s = self.args.retention.keep_s
+        swept = sweep(self.store, self.blobs, older_than_s=keep_s)
+        orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
+        stopped = sweep_work_folders(self.store, self.work_dir)
+        if swept or orphans or stopped:
+            logger.info(
+                "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",
+                swept,
+                orphans,
+                stopped,
+            )
+
+    def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
+        self.running.pop(task_id, None)
+        self.lost.pop(task_id, None)
+        self.wakeup.set()
+
+    def _payload(self, record: TaskRecord) -> str:
+        return json.dumps(conversion(record, self.args.public_url))
+
+    async def _run(self, record: TaskRecord) -> None:
+        task_id = record.task_id
+        log = logging.LoggerAdapter(logger, {"task_id": task_id})
+        log.info("task %s: claimed (claim %d)", task_id, record.claims)
+        lost = self.lost.setdefault(task_id, asyncio.Event())
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(task_id, lost))
+        folder = self.work_dir / work_folder_name(task_id, self.worker)
+        started = time.monotonic()
+        try:
+            final = await self._process(record, folder, lost)
+            status = "COMPLETED"
+            log.info("task %s: completed in %.1f s", task_id, time.monotonic() - started)
+            if final is not None and final.duration_s:
+                metrics.audio_seconds().inc(final.duration_s)
+        except LeaseLostError:
+            log.warning("task %s: lease lost to another replica; stopped", task_id)
+            return
+        except Exception as error:
+            message = user_message(error)
+            if message is None:
+                log.exception("task %s: failed", task_id)
+                message = INTERNAL_ERROR
+            else:
+                log.info("task %s: failed: %s", task_id, message)
+            if not await self._record_failure(task_id, message, log):
+                return
+            status = "FAILED"
+        finally:
+            heartbeat.cancel()
+            shutil.rmtree(folder, ignore_errors=True)
+        metrics.tasks_finished().inc(tags={"status": status})
+        metrics.task_seconds().observe(time.monotonic() - started)
+        self.dispatcher.wake.remote()
+
+    async def _record_failure(
+        self, task_id: str, message: str, log: logging.LoggerAdapter[logging.Logger]
+    ) -> bool:
+        """Mark the task FAILED; False when the database cannot be written either, in
+        which case the task keeps its claim and is taken again once its lease expires."""
+        try:
+            await asyncio.to_thread(
+                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
+            )
+        except Exception as error:
+            fault = storage_fault(error)
+            if fault is None:
+                raise
+            log.warning(
+                "task %s: could not record its failure (%s); it runs again once its lease expires",
+                task_id,
+                fault,
+            )
+            return False
+        return True
+
+    async def _keep_lease(self, task_id: str, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                held = await asyncio.to_thread(
+                    self.store.renew, task_id, self.worker, self.settings.lease_s
+                )
+            except Exception as error:
+                # The database may be full for a while: keep trying; the task's own next
+                # write fails too and ends it.
+                log_loop_failure(logger, f"task {task_id}: lease renewal", error)
+                continue
+            if not held:
+                lost.set()
+                return
+
+    async def _await_models(self, record: TaskRecord, plan: Plan, lost: asyncio.Event) -> None:
+        """Return once every model of the plan is loaded; meanwhile the task's status_msg
+        says what it waits for. ModelUnavailableError when one failed to load, or none
+        loaded within `model_wait_s`."""
+        deadline = time.monotonic() + self.settings.model_wait_s
+        noted = ""
+        for model in sorted({step.model for step in plan.passes}):
+            while True:
+                remaining = deadline - time.monotonic()
+                state = await model_state(
+                    self.separators[model], model, max(0.0, min(remaining, STATE_TIMEOUT_S))
+                )
+                if state.status == ModelStatus.READY:
+                    break
+                if state.status == ModelStatus.FAILED:
+                    raise ModelUnavailableError(state.reason or f"model {model!r} failed to load")
+                if remaining <= 0:
+                    raise ModelUnavailableError(
+                        f"model {model!r} did not load within "
+                        f"{self.settings.model_wait_s:g} seconds; try again later"
+                    )
+                note = f"waiting for model {model!r} to load"
+                if note != noted:
+                    await self._note(record.task_id, note)
+                    noted = note
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.settings.poll_s)
+                if lost.is_set():
+                    raise LeaseLostError()
+        if noted:
+            await self._note(record.task_id, "")
+
+    async def _note(self, task_id: str, message: str) -> None:
+        if not await asyncio.to_thread(self.store.set_note, task_id, self.worker, message):
+            raise LeaseLostError()
+
+    async def _process(
+        self, record: TaskRecord, folder: Path, lost: asyncio.Event
+    ) -> TaskRecord | None:
+        spec = record.spec
+        plan = make_plan(spec.stems, self.routing)
+        await self._await_models(record, plan, lost)
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.input_key is not None:
+            source = self.blobs.path(spec.input_key)
+        else:
+            assert spec.audio_url is not None
+            source = folder / "input"
+            await fetch_audio(
+                spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
+            )
+        track = await asyncio.to_thread(decode, source, self.args.decode.limits())
+        for warning in track.warnings:
+            logger.info(
+                "task %s: input: %s", record.task_id, warning, extra={"task_id": record.task_id}
+            )
+        check_format(spec.output_format, track)
+        if spec.preprocessing:
+            cleaned = await replicas.awaited(
+                lambda: self.preprocessor.clean.remote(
+                    track.samples, track.sample_rate, spec.preprocessing
+                ),
+                f"task {record.task_id}: the Preprocessor's cleaning",
+            )
+            track = replace(track, samples=cleaned)  # keeps the input's warnings
+        models = RemoteModels(self.routing, self.separators, record.task_id)
+        options = EngineOptions(
+            batch_size=self.settings.segments_in_flight,
+            overlap=self.args.engine.overlap,
+            shifts=self.args.engine.shifts,
+        )
+        progress = _ProgressWriter(self.store, record.task_id, self.worker, lost)
+        paths = await asyncio.to_thread(
+            write_stems,
+            plan,
+            track,
+            models,
+            folder / "stems",
+            fmt=spec.output_format,
+            options=options,
+            on_progress=progress,
+        )
+        results = {}
+        for stem, path in paths.items():
+            key = stem_key(record.task_id, stem, spec.output_format)
+            await asyncio.to_thread(self.blobs.put_file, key, path)
+            results[stem] = key
+        final = await asyncio.to_thread(
+            self.store.complete,
+            record.task_id,
+            self.worker,
+            results,
+            duration_s=track.duration_s,
+            conversion_cost=credits(track.duration_s, self.args.pricing.credits_per_minute),
+            warnings=track.warnings,
+            payload=self._payload,
+        )
+        if final is None:
+            raise LeaseLostError()
+        return final
+
+
+class _ProgressWriter:
+    """Writes a task's progress at most once a second; stops the work (from the worker
+    thread it is called in) once the lease is lost."""
+
+    def __init__(self, store: TaskStore, task_id: str, worker: str, lost: asyncio.Event) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.worker = worker
+        self.lost = lost
+        self.written_at = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if self.lost.is_set():
+            raise LeaseLostError()
+        now = time.monotonic()
+        if now - self.written_at < PROGRESS_EVERY_S and fraction < 1.0:
+            return
+        self.written_at = now
+        # The separation is most of the work; storing the stems is the rest.
+        if not self.store.set_progress(self.task_id, self.worker, 0.95 * fraction):
+            raise LeaseLostError()

@@ -1,0 +1,82 @@
+"""The conversion object of MusicGPT's API, as `byId` answers it and webhooks send it,
+and the estimates (`eta`, `credit_estimate`) given when a task is created.
+
+Estimates: credits = `credits_per_minute` x the audio's duration in minutes, to two
+decimals (at submission from the duration the file's header declares; the final
+`conversion_cost` from the decoded duration). The eta is the duration x seconds of work
+per audio second x model passes in the plan, times (1 + tasks queued ahead / tasks the
+pipeline runs at once). Seconds of work per audio second come from this deployment's
+last finished tasks (`TaskStore.recent_speed`), or from the configured prior until it
+has finished any. Without a duration (an `audio_url` not yet fetched) the eta is -1 and
+the credit estimate 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from serve_app.store.records import TaskRecord
+
+
+def stem_file(stem: str, output_format: str) -> str:
+    """The file name of a stem in its task's folder and URL."""
+    return f"{stem}.{output_format}"
+
+
+def stem_key(task_id: str, stem: str, output_format: str) -> str:
+    """The blob key of a stem's file."""
+    return f"stems/{task_id}/{stem_file(stem, output_format)}"
+
+
+def file_url(public_url: str, task_id: str, name: str) -> str:
+    """Where a client downloads a task's file."""
+    return f"{public_url.rstrip('/')}/api/public/v1/files/{quote(task_id)}/{quote(name)}"
+
+
+def conversion(record: TaskRecord, public_url: str) -> dict[str, Any]:
+    """The MusicGPT conversion object of a task."""
+    stems = {
+        stem: file_url(public_url, record.task_id, stem_file(stem, record.spec.output_format))
+        for stem in record.results
+    }
+    return {
+        "task_id": record.task_id,
+        "conversion_id": record.conversion_id,
+        "conversion_type": "EXTRACTION",
+        "status": record.status.value,
+        "status_msg": record.status_msg,
+        "warnings": list(record.warnings),
+        "stems": stems,
+        "requested_stems": list(record.spec.stems),
+        "preprocessing_options": list(record.spec.preprocessing),
+        "output_format": record.spec.output_format,
+        "audio_url": record.spec.audio_url or "",
+        "progress": round(record.progress, 4),
+        "duration_s": record.duration_s,
+        "conversion_cost": record.conversion_cost,
+        "createdAt": record.created_at.isoformat(),
+        "updatedAt": record.updated_at.isoformat(),
+    }
+
+
+def credits(duration_s: float | None, credits_per_minute: float) -> float:
+    """What a task of this duration costs."""
+    if duration_s is None:
+        return 0.0
+    return round(credits_per_minute * duration_s / 60.0, 2)
+
+
+def eta_s(
+    duration_s: float | None,
+    passes: int,
+    *,
+    seconds_per_audio_second: float,
+    queued_ahead: int,
+    parallel_tasks: int,
+) -> float:
+    """Seconds until a task of this duration is likely done; -1 when unknown."""
+    if duration_s is None:
+        return -1.0
+    one = duration_s * seconds_per_audio_second * max(passes, 1)
+    return round(one * (1 + queued_ahead / max(parallel_tasks, 1)), 1)

@@ -1,0 +1,189 @@
+"""Retention: deletes the files of tasks that finished long ago (the uploaded input and the
+stems), uploads that no task came to use, and what a crashed process left behind (a partial
+upload in the spool, a Pipeline worker's folder), so that the data folder does not grow
+forever.
+
+Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
+deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
+ever served while its files go: the ingress must treat `files_expired_at` as "files gone" and
+list or serve none. Deleting first would let a reader find an unmarked task whose files are
+missing. Marking alone is not enough, though: a sweep that stopped between marking and deleting
+(a crash, a failing disk) would leave files the next `expire_files` never returns again. So the
+deletion is recorded apart from the mark, and each sweep first finishes the tasks left marked
+but not deleted (`files_awaiting_deletion`). Hence, after any sweep that returns, every
+expired task has no files, and no task lost its files while still served. Deleting is
+idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download that looked
+the task up just before the mark may still be cut short; the window is that request's.
+
+Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
+"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`). A Pipeline
+worker computes a task in its own folder, "<task_id>-<worker>" (`work_folder_name`), and
+deletes it when done; only a worker that died skips that."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from serve_app.store.blobs import BlobStore, LocalBlobStore
+from serve_app.store.records import TaskRecord
+from serve_app.store.schema import as_utc
+from serve_app.store.tasks import TaskStore
+
+INPUTS = "inputs"
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """One upload's folder under inputs/ and the blob keys in it."""
+
+    prefix: str
+    keys: tuple[str, ...]
+
+
+def sweep(
+    store: TaskStore,
+    blobs: BlobStore,
+    *,
+    older_than_s: float,
+    now: datetime | None = None,
+    batch: int = 1000,
+) -> int:
+    """Delete the input and stems of every task final for more than `older_than_s` seconds,
+    `batch` tasks at a time; how many tasks lost their files in this sweep."""
+    _check_batch(batch)
+    moment = _moment(now)
+    cutoff = moment - _age(older_than_s)
+    swept = 0
+    # Tasks marked by a sweep that stopped part way come first, so that none stays behind.
+    while left := store.files_awaiting_deletion(limit=batch):
+        swept += _delete_files(store, blobs, left, moment)
+    while expired := store.expire_files(cutoff, limit=batch, now=moment):
+        swept += _delete_files(store, blobs, expired, moment)
+    return swept
+
+
+def sweep_orphan_inputs(
+    store: TaskStore,
+    blobs: LocalBlobStore,
+    *,
+    older_than_s: float,
+    now: datetime | None = None,
+    batch: int = 1000,
+) -> int:
+    """Delete uploads under inputs/ that no task names and whose files are all older than
+    `older_than_s` seconds: an upload whose task creation failed, or a repeated idempotent
+    request's upload; and uploads left in the spool unwritten for as long, by a request whose
+    Ingress replica died while it read the body. How many uploads were deleted.
+
+    A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
+    time between storing an upload and creating its task, which is seconds.
+    """
+    _check_batch(batch)
+    cutoff = (_moment(now) - _age(older_than_s)).timestamp()
+    uploads = _old_uploads(blobs, cutoff)
+    swept = 0
+    for start in range(0, len(uploads), batch):
+        chunk = uploads[start : start + batch]
+        in_use = store.input_keys_in_use([key for upload in chunk for key in upload.keys])
+        for upload in chunk:
+            if in_use.isdisjoint(upload.keys):
+                blobs.delete_prefix(upload.prefix)
+                swept += 1
+    return swept + _sweep_spool(blobs, cutoff)
+
+
+def work_folder_name(task_id: str, worker: str) -> str:
+    """The name of the folder a Pipeline `worker` computes `task_id` in."""
+    return f"{task_id}-{worker}"
+
+
+def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
+    """Delete the work folders of workers that no longer hold their task: left by a Pipeline
+    replica that died at work, whose task then ran again elsewhere or ended. A folder whose
+    worker holds its task is in use and stays. How many were deleted."""
+    if not work_dir.is_dir():
+        return 0
+    deleted = 0
+    for folder in work_dir.iterdir():
+        task_id, worker = _work_folder_owner(folder.name)
+        if task_id is None or not folder.is_dir():
+            continue
+        record = store.get(task_id)
+        if record is None or record.lease_owner != worker:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted += 1
+    return deleted
+
+
+def _work_folder_owner(name: str) -> tuple[str | None, str]:
+    """The task id and worker a work folder's name holds; (None, "") for another name."""
+    task_id, dash, worker = name[:36], name[36:37], name[37:]
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return None, ""
+    return (task_id, worker) if dash == "-" and worker else (None, "")
+
+
+def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
+    """Delete the spool's uploads last written before `cutoff` (a POSIX time); how many."""
+    deleted = 0
+    for entry in blobs.spool_dir().iterdir():
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                deleted += 1
+        except FileNotFoundError:  # its request finished and removed it meanwhile
+            continue
+    return deleted
+
+
+def _delete_files(
+    store: TaskStore, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
+) -> int:
+    for record in records:
+        if record.spec.input_key is not None:
+            blobs.delete_prefix(record.spec.input_key)
+        blobs.delete_prefix(f"stems/{record.task_id}/")
+    return store.mark_files_deleted([record.task_id for record in records], now=now)
+
+
+def _old_uploads(blobs: LocalBlobStore, cutoff: float) -> list[_Upload]:
+    """Upload folders whose blobs were all last written before `cutoff` (a POSIX time)."""
+    inputs = blobs.root / INPUTS
+    if not inputs.is_dir():
+        return []
+    uploads = []
+    for folder in sorted(inputs.iterdir()):
+        # Dot names are the store's own (writers' temporary files), never blobs.
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        files = [
+            entry
+            for entry in folder.iterdir()
+            if entry.is_file() and not entry.name.startswith(".")
+        ]
+        if files and all(entry.stat().st_mtime < cutoff for entry in files):
+            keys = tuple(f"{INPUTS}/{folder.name}/{entry.name}" for entry in files)
+            uploads.append(_Upload(prefix=f"{INPUTS}/{folder.name}/", keys=keys))
+    return uploads
+
+
+def _moment(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else as_utc(now)
+
+
+def _age(older_than_s: float) -> timedelta:
+    if not older_than_s > 0:
+        raise ValueError(f"older_than_s must be a positive number of seconds, got {older_than_s}")
+    return timedelta(seconds=older_than_s)
+
+
+def _check_batch(batch: int) -> None:
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")

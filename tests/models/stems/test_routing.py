@@ -1,0 +1,291 @@
+"""Tests of the model routing: the default config, cascades, and every validation error."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.errors import RoutingError
+from models.stems.catalogue import MIXTURE
+from models.stems.routing import (
+    DEFAULT_ROUTING_PATH,
+    DerivedStem,
+    Routing,
+    load_routing,
+    parse_routing,
+)
+
+
+def base_document() -> dict[str, Any]:
+    """A valid routing with a drum-parts cascade and a derived instrumental."""
+    return {
+        "models": {
+            "htdemucs_6s": {
+                "family": "demucs",
+                "weights": "htdemucs_6s",
+                "outputs": {"drums": "drums", "bass": "bass", "vocals": "vocals"},
+            },
+            "drumparts": {
+                "family": "demucs",
+                "weights": "drumparts.th",
+                "checksum": "ABCdef0123",
+                "input": "drums",
+                "outputs": {"kick_drum": "kick", "snare_drum": "snare"},
+            },
+        },
+        "derived": {"instrumental": {"from": "mixture", "minus": ["vocals"]}},
+    }
+
+
+def test_default_path_points_at_the_repo_config() -> None:
+    assert DEFAULT_ROUTING_PATH.is_file()
+    assert DEFAULT_ROUTING_PATH.parts[-2:] == ("configs", "models.yaml")
+
+
+def test_default_routing_serves_the_six_design_stems() -> None:
+    routing = load_routing()
+    assert set(routing.served_stems()) == {
+        "drums",
+        "bass",
+        "vocals",
+        "guitar",
+        "piano",
+        "instrumental",
+    }
+    # Catalogue order, not config order.
+    assert routing.served_stems() == ("vocals", "guitar", "drums", "piano", "bass", "instrumental")
+
+
+def test_default_routing_entries() -> None:
+    routing = load_routing(DEFAULT_ROUTING_PATH)
+    model = routing.models["htdemucs_6s"]
+    assert model.family == "demucs"
+    assert model.weights == "htdemucs_6s"
+    assert model.checksum is None
+    assert model.input == MIXTURE
+    assert dict(model.outputs) == {s: s for s in ("drums", "bass", "vocals", "guitar", "piano")}
+    assert routing.derived["instrumental"] == DerivedStem("instrumental", MIXTURE, ("vocals",))
+    assert routing.model_for("piano") is model
+    assert routing.model_for("instrumental") is None
+    assert routing.model_for("kick_drum") is None
+
+
+def test_cascade_routing_parses() -> None:
+    routing = parse_routing(base_document())
+    drumparts = routing.models["drumparts"]
+    assert drumparts.name == "drumparts"
+    assert drumparts.input == "drums"
+    assert drumparts.checksum == "abcdef0123"
+    assert routing.models["htdemucs_6s"].input == MIXTURE
+    assert routing.model_for("snare_drum") is drumparts
+    assert routing.served_stems() == (
+        "vocals",
+        "drums",
+        "kick_drum",
+        "snare_drum",
+        "bass",
+        "instrumental",
+    )
+
+
+def test_routing_is_frozen_and_hashable() -> None:
+    routing = parse_routing(base_document())
+    assert hash(routing) == hash(parse_routing(base_document()))
+    with pytest.raises(TypeError):
+        routing.models["drumparts"].outputs["toms"] = "toms"  # type: ignore[index]
+
+
+def test_derivation_may_build_on_another_derivation() -> None:
+    document = base_document()
+    document["derived"]["keys"] = {"from": "instrumental", "minus": ["drums", "bass"]}
+    routing = parse_routing(document)
+    assert "keys" in routing.served_stems()
+
+
+def test_served_stems_leaves_out_derivations_whose_inputs_are_missing() -> None:
+    # Built directly, so no validation stands between us and a dangling derivation.
+    routing = Routing(
+        models=parse_routing(base_document()).models,
+        derived={"keys": DerivedStem("keys", MIXTURE, ("piano",))},
+    )
+    assert "keys" not in routing.served_stems()
+
+
+def change(document: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """Return a copy of `document` with the entry at `path` set to `value` (None deletes it)."""
+    changed = copy.deepcopy(document)
+    target = changed
+    for key in path[:-1]:
+        target = target[key]
+    if value is None:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return changed
+
+
+HT = ("models", "htdemucs_6s")
+DP = ("models", "drumparts")
+INSTR = ("derived", "instrumental")
+
+INVALID = [
+    pytest.param(("plugins",), {}, r"unknown top-level key\(s\) 'plugins'", id="top-level-key"),
+    pytest.param(("models",), None, r"'models' must be a non-empty mapping", id="no-models"),
+    pytest.param(("models",), {}, r"'models' must be a non-empty mapping", id="empty-models"),
+    pytest.param(("derived",), ["x"], r"'derived' must be a mapping", id="derived-list"),
+    pytest.param((*HT, "family"), None, r"'htdemucs_6s': missing .*'family'", id="no-family"),
+    pytest.param((*HT, "weights"), None, r"'htdemucs_6s': missing .*'weights'", id="no-weights"),
+    pytest.param((*HT, "outputs"), None, r"'htdemucs_6s': missing .*'outputs'", id="no-outputs"),
+    pytest.param((*HT, "segment"), 7, r"'htdemucs_6s': unknown field.*'segment'", id="model-field"),
+    pytest.param(HT, "demucs", r"'htdemucs_6s': expected a mapping", id="model-not-mapping"),
+    pytest.param((*HT, "family"), "mdx", r"'htdemucs_6s' field 'family'.*'mdx'", id="family"),
+    pytest.param((*HT, "weights"), "", r"'htdemucs_6s' field 'weights'", id="empty-weights"),
+    pytest.param((*HT, "outputs"), {}, r"'htdemucs_6s' field 'outputs'", id="empty-outputs"),
+    pytest.param(
+        (*HT, "outputs", "cowbell"),
+        "cowbell",
+        r"'htdemucs_6s' field 'outputs': 'cowbell' is not a catalogue stem",
+        id="output-not-stem",
+    ),
+    pytest.param(
+        (*HT, "outputs", "other"),
+        "other",
+        r"'other' is not a catalogue stem",
+        id="output-source-name-as-stem",
+    ),
+    pytest.param(
+        (*HT, "outputs", "guitar"), 3, r"'htdemucs_6s' field 'outputs' stem 'guitar'", id="source"
+    ),
+    pytest.param(
+        (*DP, "outputs", "drums"),
+        "drums",
+        r"stem 'drums' is output by both model 'htdemucs_6s' and model 'drumparts'",
+        id="two-models-one-stem",
+    ),
+    pytest.param(
+        (*HT, "outputs", "instrumental"),
+        "no_vocals",
+        r"derived stem 'instrumental' is already output by model 'htdemucs_6s'",
+        id="derived-is-model-output",
+    ),
+    pytest.param(
+        (*DP, "input"),
+        "piano",
+        r"'drumparts' field 'input': 'piano' is output by no model",
+        id="input-unserved",
+    ),
+    pytest.param(
+        (*DP, "input"), "cowbell", r"'drumparts' field 'input'.*'cowbell'", id="input-not-stem"
+    ),
+    pytest.param(
+        (*DP, "input"),
+        "instrumental",
+        r"'drumparts' field 'input': 'instrumental' is a derived stem",
+        id="input-derived",
+    ),
+    pytest.param(
+        (*HT, "input"), "kick_drum", r"cascade cycle 'htdemucs_6s' -> 'drumparts'", id="cycle"
+    ),
+    pytest.param((*DP, "input"), "snare_drum", r"cascade cycle 'drumparts'", id="self-cycle"),
+    pytest.param((*DP, "checksum"), "xyz", r"'drumparts' field 'checksum': 'xyz'", id="checksum"),
+    pytest.param((*DP, "checksum"), 1234, r"'drumparts' field 'checksum': 1234", id="checksum-int"),
+    pytest.param((*DP, "checksum"), "a" * 65, r"'drumparts' field 'checksum'", id="checksum-long"),
+    pytest.param(("derived", "cowbell"), {}, r"'cowbell' is not a catalogue stem", id="derived"),
+    pytest.param(INSTR, ["vocals"], r"'instrumental': expected a mapping", id="derived-shape"),
+    pytest.param((*INSTR, "to"), "x", r"'instrumental': unknown field.*'to'", id="derived-field"),
+    pytest.param(
+        (*INSTR, "from"),
+        "piano",
+        r"'instrumental' field 'from': 'piano' is produced by no model",
+        id="base-unserved",
+    ),
+    pytest.param((*INSTR, "from"), "song", r"'instrumental' field 'from'.*'song'", id="base"),
+    pytest.param((*INSTR, "from"), None, r"'instrumental' field 'from'", id="no-base"),
+    pytest.param((*INSTR, "minus"), None, r"'instrumental' field 'minus'", id="no-minus"),
+    pytest.param((*INSTR, "minus"), [], r"'instrumental' field 'minus'", id="empty-minus"),
+    pytest.param((*INSTR, "minus"), "vocals", r"'instrumental' field 'minus'", id="minus-string"),
+    pytest.param(
+        (*INSTR, "minus"),
+        ["guitar"],
+        r"'instrumental' field 'minus': 'guitar' is produced by no model",
+        id="minus-unserved",
+    ),
+    pytest.param((*INSTR, "minus"), ["cowbell"], r"'cowbell' is not a catalogue", id="minus"),
+    pytest.param((*INSTR, "minus"), ["vocals", "vocals"], r"repeats", id="minus-repeat"),
+    pytest.param((*INSTR, "minus"), ["mixture"], r"repeats a stem or the base", id="minus-base"),
+    pytest.param(
+        (*INSTR, "minus"), ["instrumental"], r"derivation cycle 'instrumental'", id="derived-self"
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), INVALID)
+def test_invalid_routing_is_refused(path: tuple[str, ...], value: Any, message: str) -> None:
+    with pytest.raises(RoutingError, match=message):
+        parse_routing(change(base_document(), path, value))
+
+
+def test_derivation_cycle_is_refused() -> None:
+    document = base_document()
+    document["derived"]["keys"] = {"from": "instrumental", "minus": ["bass"]}
+    document["derived"]["instrumental"]["minus"] = ["vocals", "keys"]
+    with pytest.raises(RoutingError, match="derivation cycle 'instrumental' -> 'keys' -> 'instr"):
+        parse_routing(document)
+
+
+def test_non_string_model_key_is_refused() -> None:
+    document = base_document()
+    document["models"][7] = document["models"].pop("drumparts")
+    with pytest.raises(RoutingError, match="model key: expected a non-empty string, got 7"):
+        parse_routing(document)
+
+
+def test_base_document_is_valid() -> None:
+    # Guards the table above: each case must fail because of its one change.
+    parse_routing(base_document())
+
+
+def test_bad_yaml_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  htdemucs_6s: {family: demucs\n", encoding="utf-8")
+    with pytest.raises(RoutingError, match="is not valid YAML"):
+        load_routing(config)
+
+
+def test_yaml_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("- htdemucs_6s\n", encoding="utf-8")
+    with pytest.raises(RoutingError, match="must be a mapping at the top level"):
+        load_routing(str(config))
+
+
+def test_invalid_file_error_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  m: {family: onnx, weights: w, outputs: {bass: bass}}\n")
+    with pytest.raises(RoutingError, match=r"models\.yaml.*model 'm' field 'family'.*'onnx'"):
+        load_routing(config)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RoutingError, match="cannot read routing config"):
+        load_routing(tmp_path / "absent.yaml")
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "models:\n"
+        "  m:\n"
+        "    family: demucs\n"
+        "    weights: m.th\n"
+        "    checksum: '0123'\n"
+        "    outputs: {bass: bass}\n",
+        encoding="utf-8",
+    )
+    routing = load_routing(config)
+    assert routing.models["m"].checksum == "0123"
+    assert routing.served_stems() == ("bass",)
+    assert dict(routing.derived) == {}

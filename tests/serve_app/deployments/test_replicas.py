@@ -1,0 +1,117 @@
+"""Tests of serve_app.deployments.replicas against a real replica that dies mid-call: a small Serve
+deployment, in the session's Ray, whose process exits while it works on a call it was told
+to die on (the count of deaths is kept in a file, since each death takes its memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray import serve
+from ray.exceptions import ActorDiedError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.app import deployment
+from serve_app.deployments import replicas
+from tests.serve_app.conftest import Service
+
+pytestmark = pytest.mark.faults
+
+MORTAL = "mortal"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Mortal:
+    """Doubles a number; dies mid-call while the call's `deaths` are not used up."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def double(self, number: int, deaths: int) -> int:
+        """2 x `number`, once the replica has died `deaths` times on this number."""
+        record = self.folder / f"deaths-{number}"
+        died = int(record.read_text()) if record.exists() else 0
+        if died < deaths:
+            record.write_text(str(died + 1))
+            os._exit(1)  # the replica's process ends with the call unanswered
+        return 2 * number
+
+
+@pytest.fixture(scope="module")
+def mortal(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Mortal deployment, deployed beside the session's application; its folder."""
+    folder = tmp_path_factory.mktemp("mortal")
+    serve.run(deployment(Mortal).bind(str(folder)), name=MORTAL, route_prefix=None)
+    try:
+        yield folder
+    finally:
+        serve.delete(MORTAL)
+
+
+def handle() -> DeploymentHandle:
+    return serve.get_deployment_handle("Mortal", app_name=MORTAL)
+
+
+def deaths(folder: Path, number: int) -> int:
+    return int((folder / f"deaths-{number}").read_text())
+
+
+def test_a_call_whose_replica_died_is_answered_by_the_next(mortal: Path) -> None:
+    mortal_handle = handle()
+    assert replicas.result(lambda: mortal_handle.double.remote(21, 1), "test") == 42
+    assert deaths(mortal, 21) == 1
+
+
+def test_a_call_already_sent_is_sent_again(mortal: Path) -> None:
+    mortal_handle = handle()
+    sent = mortal_handle.double.remote(22, 1)
+    assert replicas.result(lambda: mortal_handle.double.remote(22, 1), "test", sent=sent) == 44
+    assert deaths(mortal, 22) == 1
+
+
+def test_an_awaited_call_whose_replica_died_is_answered_by_the_next(mortal: Path) -> None:
+    mortal_handle = handle()
+
+    async def ask() -> int:
+        return int(await replicas.awaited(lambda: mortal_handle.double.remote(23, 2), "test"))
+
+    assert asyncio.run(ask()) == 46
+    assert deaths(mortal, 23) == 2
+
+
+class DiedResponse:
+    """A response whose replica died: what Ray raises for it, every time. A real replica
+    cannot stand in here, as Serve itself sometimes sends such a call again and the call
+    then succeeds: the resend bound is this module's, and tested on its own."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def result(self) -> object:
+        self.calls += 1
+        raise ActorDiedError()
+
+    def __await__(self) -> Generator[Any, None, object]:
+        self.calls += 1
+        raise ActorDiedError()
+        yield  # a generator, as __await__ must be
+
+
+def test_past_its_resends_the_replica_death_is_raised() -> None:
+    dying = DiedResponse()
+    with pytest.raises(replicas.REPLICA_GONE):
+        replicas.result(lambda: dying, "test", resends=2)
+    assert dying.calls == 3
+
+    awaited = DiedResponse()
+
+    async def ask() -> object:
+        return await replicas.awaited(lambda: awaited, "test", resends=0)
+
+    with pytest.raises(replicas.REPLICA_GONE):
+        asyncio.run(ask())
+    assert awaited.calls == 1

@@ -1,0 +1,53 @@
+"""The Separator deployment on its own, in the test session's Ray: segments of several
+tasks share batches, the batch size follows `user_config`, and results equal a direct
+engine call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ray import serve
+
+from models.engine.threads import available_cores
+from models.engine.tiling import separate_windows
+from models.families.demucs.loading import load_model
+from serve_app.app import deployment
+from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
+from serve_app.settings import AppArgs
+from tests.serve_app.conftest import Service
+
+
+def test_batches_follow_user_config_and_match_the_engine(service: Service, model_dir: Path) -> None:
+    args = AppArgs(model_dir=str(model_dir), use_hub=False)
+    bound = (
+        deployment(Separator)
+        .options(
+            name="SeparatorUnderTest",
+            user_config={"max_batch_size": 3, "batch_wait_timeout_s": 1.0},
+        )
+        .bind("htdemucs_6s", args)
+    )
+    handle = serve.run(bound, name="separator-under-test", route_prefix=None)
+    try:
+        shape: ModelShape = handle.shape.remote().result()
+        length = handle.valid_length.remote(shape.segment_length).result()
+        generator = torch.Generator().manual_seed(0)
+        windows = [torch.randn(2, length, generator=generator) for _ in range(6)]
+        responses = [
+            handle.separate.remote(SegmentJob(window, ("vocals", "drums"), f"task{n % 3}"))
+            for n, window in enumerate(windows)
+        ]
+        outputs = [response.result() for response in responses]
+        stats = handle.batch_stats.remote().result()
+    finally:
+        serve.delete("separator-under-test")
+    # Ray starts this half-CPU actor with OMP_NUM_THREADS=1; torch still uses every core.
+    assert stats["torch_threads"] == available_cores()
+    assert max(stats["sizes"]) <= 3
+    assert sum(size * count for size, count in stats["sizes"].items()) == 6
+    assert max(stats["tasks_per_batch"]) > 1
+    bag = load_model("htdemucs_6s", model_dir=model_dir, use_hub=False)
+    expected = separate_windows(bag, windows, sources=("vocals", "drums"))
+    for output, reference in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(output, reference)
