@@ -28,7 +28,7 @@ ALL_STEMS: tuple[str, ...] = tuple(stem for group in STEM_GROUPS.values() for st
 
 DEFAULT_STEMS: tuple[str, ...] = ("drums", "bass", "piano", "guitar")
 
-_GROUP_OF: dict[str, str] = {stem: group for group, stems in STEM_GROUPS.items() for stem in stems}
+_KNOWN: frozenset[str] = frozenset(ALL_STEMS)
 
 
 def _unknown(names: Sequence[object]) -> UnknownStemError:
@@ -36,14 +36,6 @@ def _unknown(names: Sequence[object]) -> UnknownStemError:
     bad = ", ".join(repr(name) for name in names)
     noun = "stem" if len(names) == 1 else "stems"
     return UnknownStemError(f"unknown {noun} {bad}; valid stems: {', '.join(ALL_STEMS)}")
-
-
-def group_of(stem: str) -> str:
-    """Return the catalogue group of `stem`; raise UnknownStemError for any other name."""
-    try:
-        return _GROUP_OF[stem]
-    except KeyError:
-        raise _unknown([stem]) from None
 
 
 def parse_stems(value: Sequence[str] | None) -> tuple[str, ...]:
@@ -56,7 +48,7 @@ def parse_stems(value: Sequence[str] | None) -> tuple[str, ...]:
         return DEFAULT_STEMS
     names: Sequence[object] = (value,) if isinstance(value, str) else value
     unique = tuple(dict.fromkeys(names))
-    unknown = [name for name in unique if name not in _GROUP_OF]
+    unknown = [name for name in unique if name not in _KNOWN]
     if unknown:
         raise _unknown(unknown)
     return tuple(str(name) for name in unique)

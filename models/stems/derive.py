@@ -13,12 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from models.audio.samples import Samples
 from models.stems.catalogue import MIXTURE
 from models.stems.routing import DerivedStem
-
-Samples = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,6 @@ class Plan:
     passes: tuple[Pass, ...]
     derived: tuple[DerivedStem, ...]
 
-    def needed_stems(self) -> tuple[str, ...]:
-        """Return every stem some pass outputs, in catalogue order."""
-        produced = {stem for step in self.passes for stem in step.outputs}
-        return tuple(stem for stem in ALL_STEMS if stem in produced)
-
 
 def make_plan(stems: Sequence[str] | None, routing: Routing) -> Plan:
     """Plan the passes and derivations for `stems` (None or empty: the default stems)."""

@@ -77,7 +77,7 @@ metadata = MetaData()
 task_table = Table(
     "tasks",
     metadata,
-    # The integer key orders tasks by creation, which claim and queue_ahead rely on.
+    # The integer key orders tasks by creation, which claim relies on.
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("task_id", String(36), nullable=False, unique=True),
     Column("conversion_id", String(36), nullable=False, unique=True),

@@ -355,17 +355,6 @@ class TaskStore:
         ratios = [(end - start).total_seconds() / duration for start, end, duration in rows]
         return sum(ratios) / len(ratios)
 
-    def queue_ahead(self, task_id: str) -> int:
-        """How many tasks created before this one are not final yet (0 for an unknown task)."""
-        position = select(task_table.c.id).where(task_table.c.task_id == task_id).scalar_subquery()
-        query = (
-            select(func.count())
-            .select_from(task_table)
-            .where(task_table.c.id < position, task_table.c.status.not_in(_FINAL_VALUES))
-        )
-        with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
     def expire_files(
         self, before: datetime, *, limit: int = 1000, now: datetime | None = None
     ) -> list[TaskRecord]:

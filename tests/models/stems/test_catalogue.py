@@ -10,7 +10,6 @@ from models.stems.catalogue import (
     DEFAULT_STEMS,
     MIXTURE,
     STEM_GROUPS,
-    group_of,
     parse_stems,
 )
 
@@ -46,28 +45,6 @@ def test_mixture_is_not_a_stem() -> None:
 def test_default_stems() -> None:
     assert DEFAULT_STEMS == ("drums", "bass", "piano", "guitar")
     assert set(DEFAULT_STEMS) <= set(ALL_STEMS)
-
-
-@pytest.mark.parametrize(
-    ("stem", "group"),
-    [
-        ("vocals", "vocals"),
-        ("back_vocal", "vocals"),
-        ("solo_guitar", "guitar"),
-        ("hi_hat", "drums"),
-        ("keys", "keys"),
-        ("winds", "strings and winds"),
-        ("instrumental", "other"),
-    ],
-)
-def test_group_of(stem: str, group: str) -> None:
-    assert group_of(stem) == group
-
-
-@pytest.mark.parametrize("name", ["cowbell", MIXTURE, ""])
-def test_group_of_refuses_non_stems(name: str) -> None:
-    with pytest.raises(UnknownStemError, match="valid stems"):
-        group_of(name)
 
 
 @pytest.mark.parametrize("value", [None, [], ()])

@@ -53,7 +53,6 @@ def test_one_pass_serves_many_stems(default_routing: Routing) -> None:
     assert plan.stems == ("vocals", "drums", "bass", "guitar", "piano")
     assert plan.passes == (Pass(HT, MIXTURE, ("vocals", "guitar", "drums", "piano", "bass")),)
     assert plan.derived == ()
-    assert plan.needed_stems() == ("vocals", "guitar", "drums", "piano", "bass")
 
 
 @pytest.mark.parametrize("stems", [None, []])
@@ -69,8 +68,6 @@ def test_instrumental_alone_runs_the_vocals_pass(default_routing: Routing) -> No
     assert plan.stems == ("instrumental",)
     assert plan.passes == (Pass(HT, MIXTURE, ("vocals",)),)
     assert plan.derived == (DerivedStem("instrumental", MIXTURE, ("vocals",)),)
-    # A pass delivers what a derivation needs even though nobody asked for it.
-    assert plan.needed_stems() == ("vocals",)
 
 
 def test_derived_stem_with_its_base_requested(default_routing: Routing) -> None:
@@ -105,7 +102,6 @@ def test_cascade_runs_the_first_pass_for_its_input(cascade_routing: Routing) -> 
         Pass("drumparts", "drums", ("kick_drum",)),
     )
     assert plan.derived == ()
-    assert plan.needed_stems() == ("drums", "kick_drum")
 
 
 def test_cascade_shares_passes_with_direct_requests(cascade_routing: Routing) -> None:

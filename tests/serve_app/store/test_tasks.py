@@ -499,15 +499,6 @@ def test_recent_speed_averages_the_latest_completed_tasks(store: TaskStore) -> N
     assert store.recent_speed(limit=2) == pytest.approx((0.5 + 1.5) / 2)
 
 
-def test_queue_ahead_counts_unfinished_older_tasks(store: TaskStore) -> None:
-    ids = [store.create(spec()).task_id for _ in range(4)]
-    assert [store.queue_ahead(task_id) for task_id in ids] == [0, 1, 2, 3]
-    claimed(store, "w1")  # processing still counts
-    store.fail(ids[1], "bad audio")
-    assert [store.queue_ahead(task_id) for task_id in ids] == [0, 1, 1, 2]
-    assert store.queue_ahead("no-such-task") == 0
-
-
 def test_expire_files_marks_final_tasks_finished_before_and_returns_them(
     store: TaskStore,
 ) -> None:
