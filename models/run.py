@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from demucs.apply import BagOfModels
 
 from models.audio.decode import DecodeLimits, Track, decode, to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
+from models.audio.samples import Samples
 from models.engine.tiling import (
     Geometry,
     WindowRunner,
@@ -41,7 +41,6 @@ from models.stems.routing import Routing, load_routing
 
 Progress = Callable[[float], None]
 WRITE_BLOCK = 1 << 18  # frames per encoder call for whole-track derived stems
-Samples = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)

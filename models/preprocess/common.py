@@ -8,13 +8,11 @@ live here once so that the three steps cannot drift apart.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
+from models.audio.samples import Samples
 from models.engine.tiling import resolve_device
 from models.errors import PreprocessError
-
-Samples = npt.NDArray[np.float32]
 
 
 def step_device(device: str) -> torch.device:

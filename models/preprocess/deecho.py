@@ -30,10 +30,9 @@ import numpy.typing as npt
 import torch
 from scipy import fft as scipy_fft
 
+from models.audio.samples import Samples
 from models.errors import PreprocessError
 from models.preprocess.common import limit_peak, step_device
-
-Samples = npt.NDArray[np.float32]
 
 # Longest delay searched and most echoes removed: limits on the work a caller can ask for.
 MAX_DELAY_LIMIT_S = 5.0

@@ -27,12 +27,11 @@ import numpy.typing as npt
 from noisereduce.noisereduce import reduce_noise
 from scipy.signal import istft, stft
 
+from models.audio.samples import Samples
 from models.errors import PreprocessError
 from models.preprocess.common import limit_peak, step_device
 from models.preprocess.noisefloor import noise_floor
 from models.preprocess.wiener import wiener_denoise
-
-Samples = npt.NDArray[np.float32]
 
 MODES = ("wiener", "stationary", "nonstationary")
 

@@ -48,13 +48,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
+from models.audio.samples import Samples
 from models.errors import AudioError, PreprocessError
 from models.preprocess.common import limit_peak, step_device
-
-Samples = npt.NDArray[np.float32]
 
 ESTIMATE_BLOCK = 64  # frames per block of the estimation sample
 FREQUENCY_CHUNK = 128  # bins per batch when gathering the delayed frames
@@ -101,7 +99,7 @@ class DereverbOptions:
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Sizes:
     """The STFT and predictor sizes for one sample rate."""
 
     n_fft: int
@@ -110,7 +108,7 @@ class Geometry:
     taps: int
 
     @classmethod
-    def of(cls, options: DereverbOptions, sample_rate: int) -> Geometry:
+    def of(cls, options: DereverbOptions, sample_rate: int) -> Sizes:
         n_fft = 2 ** max(4, round(math.log2(options.frame_s * sample_rate)))
         hop = n_fft // 4
         delay = max(1, round(options.delay_s * sample_rate / hop))
@@ -140,16 +138,16 @@ def dereverb(
         raise AudioError("audio must be (channels, frames) with at least one channel")
     if not np.all(np.isfinite(audio)):
         raise AudioError("audio holds NaN or infinite samples")
-    geometry = Geometry.of(options, sample_rate)
+    sizes = Sizes.of(options, sample_rate)
     result = audio.astype(np.float32, copy=True)
-    if audio.shape[1] >= geometry.n_fft and np.any(audio):
+    if audio.shape[1] >= sizes.n_fft and np.any(audio):
         # Channels are predicted jointly in groups of at most MAX_CHANNELS: the normal
         # equations grow with the square of channels times taps.
         result = np.concatenate(
             [
                 _dereverb_tensor(
                     torch.from_numpy(result[first : first + MAX_CHANNELS]).to(target),
-                    geometry,
+                    sizes,
                     options,
                     sample_rate,
                 )
@@ -160,24 +158,24 @@ def dereverb(
 
 
 def _dereverb_tensor(
-    audio: torch.Tensor, geometry: Geometry, options: DereverbOptions, sample_rate: int
+    audio: torch.Tensor, sizes: Sizes, options: DereverbOptions, sample_rate: int
 ) -> Samples:
-    window = torch.hann_window(geometry.n_fft, device=audio.device)
+    window = torch.hann_window(sizes.n_fft, device=audio.device)
     spectrum = torch.stft(
         audio,
-        geometry.n_fft,
-        geometry.hop,
+        sizes.n_fft,
+        sizes.hop,
         window=window,
         pad_mode="constant",
         return_complex=True,
     ).permute(1, 0, 2)  # (bins, channels, frames)
-    if spectrum.shape[-1] <= geometry.delay + 1:
+    if spectrum.shape[-1] <= sizes.delay + 1:
         return audio.cpu().numpy()
-    frames = _estimation_frames(spectrum.shape[-1], geometry, options, sample_rate, audio.device)
+    frames = _estimation_frames(spectrum.shape[-1], sizes, options, sample_rate, audio.device)
     estimate = spectrum
     for _ in range(options.iterations):
-        filters = _fit_filters(spectrum, estimate, frames, geometry, options)
-        prediction = _predict(spectrum, filters, geometry)
+        filters = _fit_filters(spectrum, estimate, frames, sizes, options)
+        prediction = _predict(spectrum, filters, sizes)
         estimate = spectrum - prediction
     removed = float(prediction.abs().square().sum()) / float(spectrum.abs().square().sum())
     removed_db = 10 * math.log10(max(removed, 1e-30))
@@ -187,8 +185,8 @@ def _dereverb_tensor(
     dry = spectrum - weight * prediction
     out = torch.istft(
         dry.permute(1, 0, 2),
-        geometry.n_fft,
-        geometry.hop,
+        sizes.n_fft,
+        sizes.hop,
         window=window,
         length=audio.shape[-1],
     )
@@ -197,14 +195,14 @@ def _dereverb_tensor(
 
 def _estimation_frames(
     count: int,
-    geometry: Geometry,
+    sizes: Sizes,
     options: DereverbOptions,
     sample_rate: int,
     device: torch.device,
 ) -> torch.Tensor:
     """Frame indices the statistics are taken from: all, or evenly spread blocks."""
-    first = geometry.delay  # earlier frames have no past to predict from
-    budget = max(ESTIMATE_BLOCK, round(options.estimate_s * sample_rate / geometry.hop))
+    first = sizes.delay  # earlier frames have no past to predict from
+    budget = max(ESTIMATE_BLOCK, round(options.estimate_s * sample_rate / sizes.hop))
     if count - first <= budget:
         return torch.arange(first, count, device=device)
     available = (count - first) // ESTIMATE_BLOCK
@@ -247,13 +245,13 @@ def _fit_filters(
     spectrum: torch.Tensor,
     estimate: torch.Tensor,
     frames: torch.Tensor,
-    geometry: Geometry,
+    sizes: Sizes,
     options: DereverbOptions,
 ) -> torch.Tensor:
     """Prediction filters (bins, channels * taps, channels), channel-major, by weighted
     least squares on the innovations of the source model at `frames`."""
     bins, channels, _ = spectrum.shape
-    taps, delay = geometry.taps, geometry.delay
+    taps, delay = sizes.taps, sizes.delay
     coefficient = _source_model(estimate, frames, options.context)
     innovation = estimate[..., frames] - coefficient[:, None] * estimate[..., frames - 1]
     power = innovation.abs().square().mean(1)
@@ -289,18 +287,18 @@ def _fit_filters(
     return torch.cat(filters)
 
 
-def _predict(spectrum: torch.Tensor, filters: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def _predict(spectrum: torch.Tensor, filters: torch.Tensor, sizes: Sizes) -> torch.Tensor:
     """The late reverberation the filters predict from frames `delay` and more behind:
     a convolution along time in every bin, done by FFT."""
     bins, channels, count = spectrum.shape
-    lags = geometry.delay + geometry.taps
+    lags = sizes.delay + sizes.taps
     size = 1 << (count + lags - 1).bit_length()
     # kernel[f, i, o, m] weighs input channel i at lag m for output channel o
     kernel = torch.zeros(
         bins, channels, channels, lags, dtype=spectrum.dtype, device=spectrum.device
     )
-    kernel[..., geometry.delay :] = (
-        filters.reshape(bins, channels, geometry.taps, channels).conj().permute(0, 1, 3, 2)
+    kernel[..., sizes.delay :] = (
+        filters.reshape(bins, channels, sizes.taps, channels).conj().permute(0, 1, 3, 2)
     )
     prediction = torch.empty_like(spectrum)
     for start in range(0, bins, FREQUENCY_CHUNK):

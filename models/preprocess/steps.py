@@ -14,14 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
+from models.audio.samples import Samples
 from models.errors import PreprocessError
 from models.preprocess.deecho import DeechoOptions, deecho
 from models.preprocess.denoise import DenoiseOptions, denoise
 from models.preprocess.dereverb import DereverbOptions, dereverb
 
-Samples = npt.NDArray[np.float32]
 STEPS = ("Denoise", "Deecho", "Dereverb")
 
 

@@ -45,9 +45,9 @@ import numpy.typing as npt
 from scipy import fft
 from scipy.ndimage import uniform_filter1d
 
+from models.audio.samples import Samples
 from models.preprocess.noisefloor import SUBSONIC_HZ, noise_floor, quantile_of_noise
 
-Samples = npt.NDArray[np.float32]
 Real = npt.NDArray[np.float32]
 Complex = npt.NDArray[np.complex64]
 

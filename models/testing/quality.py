@@ -8,9 +8,8 @@ at one lag of its autocorrelation (for echoes) or in a tail (for reverberation).
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-Samples = npt.NDArray[np.float32]
+from models.audio.samples import Samples
 
 
 def sdr_db(reference: Samples, estimate: Samples) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
-Samples = npt.NDArray[np.float32]
+from models.audio.samples import Samples
 
 CHORDS = ((220.0, 277.18, 329.63), (196.0, 246.94, 293.66), (174.61, 220.0, 261.63))
 BASS_NOTES = (55.0, 49.0, 43.65)
