@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from demucs.apply import BagOfModels
 
-from models.audio.decode import DecodeLimits, Track, decode, to_model_input
+from models.audio.decode import DecodeLimits, Track, decode
+from models.audio.domain import to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
 from models.engine.tiling import (
