@@ -1,17 +1,23 @@
-"""One track end to end, without Ray: decode, preprocess, plan, run the passes, derive, encode.
+"""One track end to end, without Ray: plan, decode, check the format, preprocess, run the
+passes, derive, encode.
 
-`separate_file` is what the command line runs; the service's pipeline calls
-`write_stems` with its models behind Ray handles (any `PassModels`). Memory stays
-bounded in track length: the input is held once (plus its model-domain copy when the
-rate or channels differ), stems stream from the engine through `OutputConverter` into
-`StemEncoder` block by block, and only a stem that a later pass takes as its input (a
-cascade) is held whole. Derived stems are
-computed in the output domain from the decoded input, so `instrumental + vocals` equals
-the input exactly before encoding.
+`TrackJob` is the one job path: `TrackJob.of` plans once, `TrackJob.run` does the rest with
+what differs between callers handed in: where the models run (`PassModels`: in this process,
+`LocalModels`, or behind the service's Separator deployments), how the track is cleaned
+(`Clean`), where progress and warnings go, and the folder the stems are written to. The
+command line runs it through `separate_file`, with everything in this process; the service's
+Pipeline runs it with its deployments.
+
+Memory stays bounded in track length: the input is held once (plus its model-domain copy
+when the rate or channels differ), stems stream from the engine through `OutputConverter`
+into `StemEncoder` block by block, and only a stem that a later pass takes as its input (a
+cascade) is held whole. Derived stems are computed in the output domain from the decoded
+input, so `instrumental + vocals` equals the input exactly before encoding.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +27,8 @@ import numpy as np
 import torch
 from demucs.apply import BagOfModels
 
-from models.audio.decode import DecodeLimits, Track, decode, to_model_input
+from models.audio.decode import DecodeLimits, Track, decode
+from models.audio.domain import to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
 from models.engine.tiling import (
@@ -125,6 +132,80 @@ class LocalModels:
         return run
 
 
+Clean = Callable[[Samples, int, tuple[str, ...]], Samples]
+"""Preprocessing: (samples, sample_rate, steps) to the cleaned samples, same shape; in this
+process (`preprocess`) or on the service's Preprocessor deployment."""
+
+
+@dataclass(frozen=True)
+class Separated:
+    """What a job wrote, and what its caller reports about the input."""
+
+    paths: dict[str, Path]
+    duration_s: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """One track's work, checked and planned once before any of it runs: the plan of its
+    stems, the output format, and the preprocessing steps in the order they run."""
+
+    plan: Plan
+    fmt: str = "wav"
+    steps: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        stems: Sequence[str] | None,
+        routing: Routing,
+        *,
+        fmt: str = "wav",
+        preprocessing: Sequence[str] | None = None,
+    ) -> TrackJob:
+        """The job for `stems` (None: the defaults) of `routing`; refuses an unknown
+        format, stem or step before any input is read."""
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return cls(make_plan(stems, routing), fmt, parse_steps(preprocessing))
+
+    def run(
+        self,
+        source: str | Path | bytes,
+        models: PassModels,
+        out_dir: str | Path,
+        *,
+        limits: DecodeLimits | None = None,
+        clean: Clean = preprocess,
+        options: EngineOptions = EngineOptions(),
+        on_progress: Progress | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> Separated:
+        """Decode `source` within `limits`, check that the format can hold it, `clean`
+        it, and write each stem of the plan to `out_dir/<stem>.<fmt>` with `models`.
+        `on_warning` hears each warning about the input (models/audio/integrity.py), such
+        as it being shorter than its header declares."""
+        track = decode(source, limits or DecodeLimits())
+        if on_warning is not None:
+            for warning in track.warnings:
+                on_warning(warning)
+        check_format(self.fmt, track)
+        if self.steps:
+            # Rebinding `track` lets the uncleaned samples go before the separation.
+            track = replace(track, samples=clean(track.samples, track.sample_rate, self.steps))
+        paths = write_stems(
+            self.plan,
+            track,
+            models,
+            out_dir,
+            fmt=self.fmt,
+            options=options,
+            on_progress=on_progress,
+        )
+        return Separated(paths, track.duration_s, track.warnings)
+
+
 def separate_file(
     source: str | Path | bytes,
     stems: Sequence[str] | None,
@@ -138,27 +219,23 @@ def separate_file(
     on_progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
-    """Separate an audio file into `stems`, after the named preprocessing steps;
-    return the written file of each stem. `on_warning` hears each warning about the
-    input (models/audio/integrity.py), such as it being shorter than its header declares."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    """Separate an audio file into `stems`, after the named preprocessing steps, with
+    every model in this process; return the written file of each stem. See
+    `TrackJob.run` for `on_warning`."""
     store = store or ModelStore(load_routing())
-    plan = make_plan(stems, store.routing)
-    steps = parse_steps(preprocessing)
-    track = decode(source, limits or DecodeLimits())
-    if on_warning is not None:
-        for warning in track.warnings:
-            on_warning(warning)
-    check_format(fmt, track)
-    if steps:
-        device = resolve_device(options.device).type
-        cleaned = preprocess(track.samples, track.sample_rate, steps, device=device)
-        track = replace(track, samples=cleaned)
-    models = LocalModels(store, resolve_device(options.device), options.precision)
-    return write_stems(
-        plan, track, models, out_dir, fmt=fmt, options=options, on_progress=on_progress
+    job = TrackJob.of(stems, store.routing, fmt=fmt, preprocessing=preprocessing)
+    device = resolve_device(options.device)
+    separated = job.run(
+        source,
+        LocalModels(store, device, options.precision),
+        out_dir,
+        limits=limits,
+        clean=functools.partial(preprocess, device=device.type),
+        options=options,
+        on_progress=on_progress,
+        on_warning=on_warning,
     )
+    return separated.paths
 
 
 def write_stems(

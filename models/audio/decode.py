@@ -1,4 +1,4 @@
-"""Audio decoding and conversion into the separation model's domain.
+"""Audio decoding and probing.
 
 `decode` turns an uploaded file (a path or its bytes) into a `Track` of float32 planar
 samples in the file's own rate and channel layout, with PyAV. It only opens a short list of
@@ -9,12 +9,8 @@ length is stopped at the limit with memory bounded by that limit. Every failure 
 An input that decodes but not whole (shorter than its header declares, damaged packets, no
 audio at its start) still gives a track, which carries the reasons in `Track.warnings`
 (models/audio/integrity.py). `probe_duration` checks an upload cheaply: the length its header
-declares, if any, once its first audio has decoded.
-`to_model_input` folds a track into the model's channel count and sample rate: mono is
-duplicated, more than two channels are folded with the explicit ITU-R BS.775 style matrix of
-`stereo_downmix_matrix` (front left/right at unity, every other left or right channel at
--3 dB into its side, centre channels at -3 dB into both, LFE dropped; no normalisation), and
-the rate is converted with soxr.
+declares, if any, once its first audio has decoded. The model's domain is
+models/audio/domain.py.
 """
 
 from __future__ import annotations
@@ -32,9 +28,8 @@ import av
 import av.error
 import numpy as np
 import numpy.typing as npt
-import soxr
 from av.audio.frame import AudioFrame
-from av.audio.layout import AudioChannel, AudioLayout
+from av.audio.layout import AudioLayout
 from av.audio.stream import AudioStream
 from av.container import InputContainer
 
@@ -52,11 +47,6 @@ from models.errors import AudioError, AudioLimitError
 # Only plain containers: demuxers such as hls or concat would follow references to other
 # files or URLs named inside an upload.
 ALLOWED_DEMUXERS = ("wav", "flac", "mp3", "ogg", "aac", "mov", "mp4", "m4a", "matroska", "webm")
-
-RESAMPLE_QUALITY = "VHQ"
-
-# ITU-R BS.775 gain for channels folded into a side they do not sit on (-3 dB).
-SIDE_GAIN = 1.0 / math.sqrt(2.0)
 
 # The WAVE speaker order (also ffmpeg's native order): how a file that does not name its
 # channels is to be read.
@@ -175,76 +165,6 @@ def probe_duration(
                 return declared_duration(container, stream, head, tally.first_packet_pos)
         except (av.error.FFmpegError, ValueError) as error:
             raise AudioError(f"{name}: the audio could not be read") from error
-
-
-def to_model_input(
-    track: Track, sample_rate: int = 44100, channels: int = 2
-) -> npt.NDArray[np.float32]:
-    """Float32 (channels, n) at `sample_rate`; the track's own samples when nothing changes.
-
-    Mono is duplicated; more than two channels fold into stereo through
-    `stereo_downmix_matrix` (an explicit ITU-R BS.775 style matrix, not libswresample's);
-    a mono model gets the mean of that stereo. The rate is converted with soxr.
-    """
-    if channels not in (1, 2):
-        raise ValueError(f"models take mono or stereo input, not {channels} channels")
-    samples = _fold_channels(track, channels)
-    if track.sample_rate == sample_rate:
-        return samples
-    return _resample(samples, track.sample_rate, sample_rate)
-
-
-def stereo_downmix_matrix(layout: str) -> npt.NDArray[np.float32]:
-    """Gains shaped (2, channels) that fold `layout` into stereo, ITU-R BS.775 style.
-
-    Front left/right pass at unity; any other channel on one side goes to that side at
-    -3 dB; centre channels go to both sides at -3 dB; LFE is dropped. The matrix is not
-    normalised, so loud multichannel mixes may exceed full scale in float. For stereo this
-    is the identity; its transpose is the upmix that puts a stereo stem back into the
-    channels it was folded from.
-    """
-    gains = [_stereo_gains(channel) for channel in AudioLayout(layout).channels]
-    return np.ascontiguousarray(np.array(gains, dtype=np.float32).T)
-
-
-def _stereo_gains(channel: AudioChannel) -> tuple[float, float]:
-    """(left, right) gain of one channel in the stereo fold."""
-    if channel.name == "FL":
-        return (1.0, 0.0)
-    if channel.name == "FR":
-        return (0.0, 1.0)
-    if "low frequency" in channel.description:
-        return (0.0, 0.0)
-    if "left" in channel.description:
-        return (SIDE_GAIN, 0.0)
-    if "right" in channel.description:
-        return (0.0, SIDE_GAIN)
-    # Centre channels, and channels of unknown position, belong to both sides.
-    return (SIDE_GAIN, SIDE_GAIN)
-
-
-def _fold_channels(track: Track, channels: int) -> npt.NDArray[np.float32]:
-    """The track's samples with `channels` (1 or 2) channels at the track's rate."""
-    if track.channels == channels:
-        return track.samples
-    if track.channels == 1:
-        return np.repeat(track.samples, channels, axis=0)
-    if track.channels == 2:
-        stereo = track.samples
-    else:
-        stereo = stereo_downmix_matrix(track.layout) @ track.samples
-    if channels == 1:
-        return stereo.mean(axis=0, keepdims=True, dtype=np.float32)
-    return stereo
-
-
-def _resample(
-    samples: npt.NDArray[np.float32], in_rate: int, out_rate: int
-) -> npt.NDArray[np.float32]:
-    """Samples (channels, frames) converted from `in_rate` to `out_rate` with soxr."""
-    # soxr takes (frames, channels); the transposed view avoids a copy of the input.
-    resampled = soxr.resample(samples.T, in_rate, out_rate, quality=RESAMPLE_QUALITY)
-    return np.ascontiguousarray(resampled.T, dtype=np.float32)
 
 
 def _input_name(source: str | os.PathLike[str] | bytes) -> str:

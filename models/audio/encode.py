@@ -1,6 +1,6 @@
 """Streaming conversion of stems back to the input's domain, and the stem file encoders.
 `OutputConverter` turns stereo blocks at the model rate into the input's layout (mono: the
-mean; more channels: the transpose of `models.audio.decode.stereo_downmix_matrix`, an explicit
+mean; more channels: the transpose of `models.audio.domain.stereo_downmix_matrix`, an explicit
 matrix rather than libswresample's upmix, so each side lands in the channels that were folded
 into it, front left/right at unity) and rate (a streaming soxr resampler), exactly
 `total_frames` long. `StemEncoder` writes 16-bit WAV, 16-bit FLAC or 320 kbps CBR MP3
@@ -28,7 +28,7 @@ from av.audio.frame import AudioFrame
 from av.audio.layout import AudioLayout
 from av.audio.stream import AudioStream
 
-from models.audio.decode import RESAMPLE_QUALITY, stereo_downmix_matrix
+from models.audio.domain import RESAMPLE_QUALITY, stereo_downmix_matrix
 
 FORMATS = ("wav", "flac", "mp3")
 

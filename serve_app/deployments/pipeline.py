@@ -2,13 +2,14 @@
 
 A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
 a task whose replica died is taken again by a live one once the lease expires, and two
-replicas never run the same task. Per task: wait until the models of its plan are loaded
-(saying so in its status_msg; a model that failed to load, or that does not load within
-`model_wait_s`, ends the task FAILED with the reason), fetch `audio_url` or open the
-upload, decode within the limits, clean through the Preprocessor, send segments to the
-Separator of each pass (`write_stems` with `RemoteModels`), store the stems, and mark the task
-COMPLETED, which in the same transaction queues its webhook in the outbox. Any failure
-ends in FAILED with a message the caller can act on; tracebacks stay in the logs.
+replicas never run the same task. Per task: plan it (`TrackJob.of`), wait until the models
+of its plan are loaded (saying so in its status_msg; a model that failed to load, or that
+does not load within `model_wait_s`, ends the task FAILED with the reason), fetch
+`audio_url` or open the upload, run the job path (`TrackJob.run`: decode within the limits,
+clean through the Preprocessor with `RemoteCleaner`, send segments to the Separator of each
+pass with `RemoteModels`), store the stems, and mark the task COMPLETED, which in the same
+transaction queues its webhook in the outbox. Any failure ends in FAILED with a message the
+caller can act on; tracebacks stay in the logs.
 
 A segment whose Separator replica died is sent again; a replica shut down gracefully
 hands its running tasks back to the queue; the claim loop also wakes the webhook
@@ -29,7 +30,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,11 +40,11 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from models.audio.decode import decode
+from models.audio.samples import Samples
 from models.engine.tiling import Geometry, WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
-from models.run import EngineOptions, check_format, write_stems
-from models.stems.planner import Plan, make_plan
+from models.run import EngineOptions, TrackJob
+from models.stems.planner import Plan
 from models.stems.routing import Routing, load_routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
@@ -136,6 +137,23 @@ class RemoteModels:
         what = f"task {self.task_id}: a Separator's segment"
         output = replicas.result(lambda: handle.separate.remote(job), what, sent=response)
         return cast(torch.Tensor, output)
+
+
+@dataclass
+class RemoteCleaner:
+    """The Preprocessor deployment as the job path's `Clean`, called from a worker thread
+    (the call blocks on its response); sent again if its replica died."""
+
+    preprocessor: DeploymentHandle
+    task_id: str
+
+    def __call__(self, samples: Samples, sample_rate: int, steps: tuple[str, ...]) -> Samples:
+        """The samples after the named steps, same shape."""
+        cleaned = replicas.result(
+            lambda: self.preprocessor.clean.remote(samples, sample_rate, steps),
+            f"task {self.task_id}: the Preprocessor's cleaning",
+        )
+        return cast(Samples, cleaned)
 
 
 def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
@@ -408,8 +426,10 @@ class Pipeline:
         self, record: TaskRecord, folder: Path, lost: asyncio.Event
     ) -> TaskRecord | None:
         spec = record.spec
-        plan = make_plan(spec.stems, self.routing)
-        await self._await_models(record, plan, lost)
+        job = TrackJob.of(
+            spec.stems, self.routing, fmt=spec.output_format, preprocessing=spec.preprocessing
+        )
+        await self._await_models(record, job.plan, lost)
         folder.mkdir(parents=True, exist_ok=True)
         if spec.input_key is not None:
             source = self.blobs.path(spec.input_key)
@@ -419,39 +439,30 @@ class Pipeline:
             await fetch_audio(
                 spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
             )
-        track = await asyncio.to_thread(decode, source, self.args.decode.limits())
-        for warning in track.warnings:
-            logger.info(
-                "task %s: input: %s", record.task_id, warning, extra={"task_id": record.task_id}
-            )
-        check_format(spec.output_format, track)
-        if spec.preprocessing:
-            cleaned = await replicas.awaited(
-                lambda: self.preprocessor.clean.remote(
-                    track.samples, track.sample_rate, spec.preprocessing
-                ),
-                f"task {record.task_id}: the Preprocessor's cleaning",
-            )
-            track = replace(track, samples=cleaned)  # keeps the input's warnings
-        models = RemoteModels(self.routing, self.separators, record.task_id)
         options = EngineOptions(
             batch_size=self.settings.segments_in_flight,
             overlap=self.args.engine.overlap,
             shifts=self.args.engine.shifts,
         )
-        progress = _ProgressWriter(self.store, record.task_id, self.worker, lost)
-        paths = await asyncio.to_thread(
-            write_stems,
-            plan,
-            track,
-            models,
+
+        def warn(warning: str) -> None:
+            logger.info(
+                "task %s: input: %s", record.task_id, warning, extra={"task_id": record.task_id}
+            )
+
+        separated = await asyncio.to_thread(
+            job.run,
+            source,
+            RemoteModels(self.routing, self.separators, record.task_id),
             folder / "stems",
-            fmt=spec.output_format,
+            limits=self.args.decode.limits(),
+            clean=RemoteCleaner(self.preprocessor, record.task_id),
             options=options,
-            on_progress=progress,
+            on_progress=_ProgressWriter(self.store, record.task_id, self.worker, lost),
+            on_warning=warn,
         )
         results = {}
-        for stem, path in paths.items():
+        for stem, path in separated.paths.items():
             key = stem_key(record.task_id, stem, spec.output_format)
             await asyncio.to_thread(self.blobs.put_file, key, path)
             results[stem] = key
@@ -460,9 +471,9 @@ class Pipeline:
             record.task_id,
             self.worker,
             results,
-            duration_s=track.duration_s,
-            conversion_cost=credits(track.duration_s, self.args.pricing.credits_per_minute),
-            warnings=track.warnings,
+            duration_s=separated.duration_s,
+            conversion_cost=credits(separated.duration_s, self.args.pricing.credits_per_minute),
+            warnings=separated.warnings,
             payload=self._payload,
         )
         if final is None:

@@ -47,15 +47,3 @@ def result(
             logger.warning("%s: its replica died before answering; sent again", what)
             response = call()
     raise AssertionError("the loop above returns or raises")
-
-
-async def awaited(call: Call, what: str, *, resends: int = RESENDS) -> Any:
-    """The answer to `call()`, awaited in the replica's event loop; as `result` otherwise."""
-    for attempt in range(resends + 1):
-        try:
-            return await call()
-        except REPLICA_GONE:
-            if attempt == resends:
-                raise
-            logger.warning("%s: its replica died before answering; sent again", what)
-    raise AssertionError("the loop above returns or raises")

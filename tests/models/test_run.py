@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
 from models.audio.decode import decode
 from models.audio.encode import StemEncoder
-from models.errors import AudioError, ModelMissingError, UnservedStemError
-from models.run import EngineOptions, ModelStore, separate_file
+from models.audio.samples import Samples
+from models.errors import AudioError, ModelMissingError, PreprocessError, UnservedStemError
+from models.run import EngineOptions, LocalModels, ModelStore, TrackJob, separate_file
 from models.stems.routing import load_routing, parse_routing
 
 # One 16-bit step: what quantising each of two stems may cost their sum.
@@ -200,3 +202,55 @@ def test_mp3_of_a_shape_it_cannot_hold_is_refused_up_front(tmp_path: Path, model
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format"):
         separate_file(tmp_path / "song.wav", None, tmp_path / "out", fmt="ogg")
+
+
+def test_a_job_is_checked_and_planned_before_its_input_is_read() -> None:
+    routing = load_routing()
+    job = TrackJob.of(["instrumental"], routing, fmt="flac", preprocessing=["dereverb", "DENOISE"])
+    assert job.plan.stems == ("instrumental",)
+    assert job.steps == ("Denoise", "Dereverb")
+    with pytest.raises(UnservedStemError, match="kick_drum"):
+        TrackJob.of(["kick_drum"], routing)
+    with pytest.raises(PreprocessError, match="unknown preprocessing step"):
+        TrackJob.of(None, routing, preprocessing=["Louder"])
+    with pytest.raises(ValueError, match="format must be one of"):
+        TrackJob.of(None, routing, fmt="ogg")
+
+
+def test_a_job_cleans_with_what_it_is_given(tmp_path: Path, model_dir: Path) -> None:
+    source = tmp_path / "song.wav"
+    samples = write_input(source, rate=48000, channels=2, layout="stereo", seconds=1.0)
+    store = store_for(model_dir)
+    calls: list[tuple[tuple[int, ...], int, tuple[str, ...]]] = []
+
+    def clean(audio: Samples, rate: int, steps: tuple[str, ...]) -> Samples:
+        calls.append((audio.shape, rate, steps))
+        return np.zeros_like(audio)
+
+    job = TrackJob.of(["instrumental"], store.routing, preprocessing=["Denoise"])
+    models = LocalModels(store, torch.device("cpu"))
+    separated = job.run(source, models, tmp_path / "out", clean=clean)
+    assert calls == [(samples.shape, 48000, ("Denoise",))]
+    # The instrumental is the cleaned mixture less the vocals: silence in, near silence out.
+    assert np.abs(decode(separated.paths["instrumental"]).samples).max() < 0.5
+    assert separated.duration_s == pytest.approx(1.0)
+    assert separated.warnings == ()
+
+
+def test_a_job_passes_on_what_it_learnt_of_its_input(tmp_path: Path, model_dir: Path) -> None:
+    source = tmp_path / "song.wav"
+    write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
+    data = bytearray(source.read_bytes())
+    size = data.index(b"data") + 4
+    data[size : size + 4] = (4 * 44100 * 2 * 2).to_bytes(4, "little")  # the header says 4 s
+    store = store_for(model_dir)
+    heard: list[str] = []
+    separated = TrackJob.of(["bass"], store.routing).run(
+        bytes(data), LocalModels(store, torch.device("cpu")), tmp_path / "out",
+        on_warning=heard.append,
+    )  # fmt: skip
+    assert len(heard) == 1
+    assert heard[0].startswith("the input is shorter than its header declares")
+    assert separated.warnings == tuple(heard)
+    assert separated.duration_s == pytest.approx(1.0)
+    assert decode(separated.paths["bass"]).frames == 44100

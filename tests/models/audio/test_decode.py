@@ -1,5 +1,5 @@
-"""Tests of models.audio.decode: decoding every accepted format, the limits, the errors, and the
-conversion into the model's domain. Every fixture file is built here with PyAV."""
+"""Tests of models.audio.decode: decoding every accepted format, the limits, the errors, and
+probing. Every fixture file is built here with PyAV."""
 
 from __future__ import annotations
 
@@ -18,36 +18,12 @@ from av.container import OutputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
-from models.audio.decode import (
-    PROBE_PACKETS,
-    SIDE_GAIN,
-    DecodeLimits,
-    Track,
-    decode,
-    probe_duration,
-    stereo_downmix_matrix,
-    to_model_input,
-)
+from models.audio.decode import PROBE_PACKETS, DecodeLimits, Track, decode, probe_duration
 from models.audio.integrity import SHORTFALL_TOLERANCE_S
 from models.errors import AudioError, AudioLimitError
-
-# Each channel gets its own frequency, so channel order and content can both be checked.
-CHANNEL_HZ = (1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0)
+from tests.models.audio.tones import CHANNEL_HZ, peak_hz, tone
 
 VIDEO_RATE = 10
-
-
-def tone(rate: int, frames: int, channels: int, amplitude: float = 0.5) -> npt.NDArray[np.float32]:
-    """Sines at CHANNEL_HZ, one per channel, shaped (channels, frames)."""
-    t = np.arange(frames) / rate
-    rows = [amplitude * np.sin(2 * np.pi * CHANNEL_HZ[c] * t) for c in range(channels)]
-    return np.array(rows, dtype=np.float32)
-
-
-def peak_hz(signal: npt.NDArray[np.float32], rate: int) -> float:
-    """Frequency of the strongest spectral peak of a 1-D signal."""
-    spectrum = np.abs(np.fft.rfft(signal * np.hanning(signal.size)))
-    return float(np.fft.rfftfreq(signal.size, 1 / rate)[np.argmax(spectrum)])
 
 
 def write_audio(
@@ -367,78 +343,6 @@ def test_messages_name_the_file_but_not_its_directories(tmp_path: Path) -> None:
 def test_missing_file_is_an_audio_error(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match=r"missing\.wav: the file cannot be read"):
         decode(tmp_path / "missing.wav")
-
-
-def track_of(samples: npt.NDArray[np.float32], rate: int, layout: str) -> Track:
-    """A track around `samples`."""
-    return Track(samples=np.ascontiguousarray(samples), sample_rate=rate, layout=layout)
-
-
-def test_mono_is_duplicated_for_the_model() -> None:
-    mono = track_of(tone(44100, 1000, 1), 44100, "mono")
-
-    model_input = to_model_input(mono)
-
-    assert model_input.shape == (2, 1000)
-    np.testing.assert_array_equal(model_input[0], mono.samples[0])
-    np.testing.assert_array_equal(model_input[1], mono.samples[0])
-
-
-def test_stereo_at_the_model_rate_is_not_copied() -> None:
-    stereo = track_of(tone(44100, 1000, 2), 44100, "stereo")
-
-    model_input = to_model_input(stereo)
-
-    assert np.shares_memory(model_input, stereo.samples)
-    assert model_input.shape == (2, 1000)
-
-
-def test_surround_is_folded_to_stereo_with_the_itu_matrix() -> None:
-    surround = track_of(tone(44100, 1000, 6), 44100, "5.1")
-    fl, fr, fc, _lfe, bl, br = surround.samples
-
-    model_input = to_model_input(surround)
-
-    assert model_input.shape == (2, 1000)
-    np.testing.assert_allclose(model_input[0], fl + SIDE_GAIN * (fc + bl), atol=1e-6)
-    np.testing.assert_allclose(model_input[1], fr + SIDE_GAIN * (fc + br), atol=1e-6)
-
-
-def test_downmix_matrix_drops_lfe_and_keeps_stereo_as_identity() -> None:
-    surround = stereo_downmix_matrix("7.1")
-    lfe = [c.name for c in AudioLayout("7.1").channels].index("LFE")
-
-    assert surround.shape == (2, 8)
-    np.testing.assert_array_equal(surround[:, lfe], [0.0, 0.0])
-    np.testing.assert_array_equal(stereo_downmix_matrix("stereo"), np.eye(2))
-
-
-def test_mono_model_gets_the_mean_of_stereo() -> None:
-    stereo = track_of(tone(44100, 1000, 2), 44100, "stereo")
-
-    model_input = to_model_input(stereo, channels=1)
-
-    np.testing.assert_allclose(model_input[0], stereo.samples.mean(axis=0), atol=1e-7)
-
-
-def test_resampling_to_the_model_rate_keeps_length_and_pitch() -> None:
-    frames = 48000 + 123
-    track = track_of(tone(48000, frames, 2), 48000, "stereo")
-
-    model_input = to_model_input(track, sample_rate=44100)
-
-    assert model_input.dtype == np.float32
-    assert model_input.flags.c_contiguous
-    assert abs(model_input.shape[1] - round(frames * 44100 / 48000)) <= 1
-    assert peak_hz(model_input[0], 44100) == pytest.approx(1000, abs=2)
-    assert peak_hz(model_input[1], 44100) == pytest.approx(1500, abs=2)
-
-
-def test_model_channels_other_than_mono_or_stereo_are_refused() -> None:
-    stereo = track_of(tone(44100, 10, 2), 44100, "stereo")
-
-    with pytest.raises(ValueError, match="mono or stereo"):
-        to_model_input(stereo, channels=3)
 
 
 def test_track_refuses_a_layout_of_another_channel_count() -> None:

@@ -10,7 +10,8 @@ import numpy.typing as npt
 import pytest
 from av.audio.layout import AudioLayout
 
-from models.audio.decode import SIDE_GAIN, decode
+from models.audio.decode import decode
+from models.audio.domain import SIDE_GAIN
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder
 
 MP3_FRAME = 1152

@@ -4,11 +4,9 @@ to die on (the count of deaths is kept in a file, since each death takes its mem
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from ray import serve
@@ -73,16 +71,6 @@ def test_a_call_already_sent_is_sent_again(mortal: Path) -> None:
     assert deaths(mortal, 22) == 1
 
 
-def test_an_awaited_call_whose_replica_died_is_answered_by_the_next(mortal: Path) -> None:
-    mortal_handle = handle()
-
-    async def ask() -> int:
-        return int(await replicas.awaited(lambda: mortal_handle.double.remote(23, 2), "test"))
-
-    assert asyncio.run(ask()) == 46
-    assert deaths(mortal, 23) == 2
-
-
 class DiedResponse:
     """A response whose replica died: what Ray raises for it, every time. A real replica
     cannot stand in here, as Serve itself sometimes sends such a call again and the call
@@ -95,23 +83,9 @@ class DiedResponse:
         self.calls += 1
         raise ActorDiedError()
 
-    def __await__(self) -> Generator[Any, None, object]:
-        self.calls += 1
-        raise ActorDiedError()
-        yield  # a generator, as __await__ must be
-
 
 def test_past_its_resends_the_replica_death_is_raised() -> None:
     dying = DiedResponse()
     with pytest.raises(replicas.REPLICA_GONE):
         replicas.result(lambda: dying, "test", resends=2)
     assert dying.calls == 3
-
-    awaited = DiedResponse()
-
-    async def ask() -> object:
-        return await replicas.awaited(lambda: awaited, "test", resends=0)
-
-    with pytest.raises(replicas.REPLICA_GONE):
-        asyncio.run(ask())
-    assert awaited.calls == 1
