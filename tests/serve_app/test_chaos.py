@@ -18,7 +18,7 @@ from ray import serve
 from benchmarks.chaos import KINDS
 from benchmarks.soak import check_args, parser, render_songs, run
 from benchmarks.soakreport import format_report
-from tests.serve_app.conftest import APP, KEY_A, Service
+from tests.serve_app.service import APP, KEY_A, Service
 
 pytestmark = pytest.mark.faults
 

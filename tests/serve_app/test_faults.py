@@ -32,7 +32,7 @@ from serve_app.settings import (
 )
 from serve_app.store.records import Status, TaskRecord
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.conftest import (
+from tests.serve_app.service import (
     APP,
     KEY_A,
     Service,

@@ -18,7 +18,7 @@ from serve_app.app import separator_name
 from serve_app.outbound.webhooks import verify
 from serve_app.store.retention import sweep_work_folders
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.conftest import (
+from tests.serve_app.service import (
     APP,
     KEY_A,
     KEY_B,

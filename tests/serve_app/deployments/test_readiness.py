@@ -24,8 +24,8 @@ from ray import serve
 from models.families.demucs.testmodel import make_test_model
 from serve_app.app import build_app, separator_name
 from serve_app.settings import AppArgs, EngineSettings, PipelineSettings
-from tests.serve_app.conftest import Service, poll
 from tests.serve_app.hub import LoopbackHub
+from tests.serve_app.service import Service, poll
 
 SEPARATOR = separator_name("htdemucs_6s")
 REPO = "adefossez/HTDemucs-6s"

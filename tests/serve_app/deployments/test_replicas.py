@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.app import deployment
 from serve_app.deployments import replicas
-from tests.serve_app.conftest import Service
+from tests.serve_app.service import Service
 
 pytestmark = pytest.mark.faults
 

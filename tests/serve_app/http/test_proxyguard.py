@@ -1,5 +1,5 @@
 """serve_app/http/proxyguard.py: its settings and version check, and the guard at work inside
-the session's real Serve proxy (conftest.PROXY: a 5 s header timeout, the default
+the session's real Serve proxy (service.PROXY: a 5 s header timeout, the default
 bounds), against slow clients on raw sockets."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import requests
 
 from serve_app.http.internals import WRITTEN_FOR, check_versions, installed_versions
 from serve_app.http.proxyguard import CALLBACK, CALLBACK_VARIABLE, ProxySettings
-from tests.serve_app.conftest import KEY_A, PROXY, Service
 from tests.serve_app.rawhttp import (
     ENDLESS_HEADERS,
     connect,
@@ -24,6 +23,7 @@ from tests.serve_app.rawhttp import (
     status_of,
     trickle_until_closed,
 )
+from tests.serve_app.service import KEY_A, PROXY, Service
 
 # Slack for a loaded machine: how much later than its limit a timer may fire.
 LATE_S = 5.0
