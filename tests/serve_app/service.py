@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from models.testing.synth import render_music
 from serve_app.http.proxyguard import ProxySettings
 from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
+from tests.waiting import wait_until
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210"
@@ -122,16 +122,20 @@ def poll(
     """Poll a byId URL, as a client does, until `until(conversion)`; returns the
     conversion object."""
     headers = {"Authorization": key} if key is not None else {}
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()  # never set: only a polling interval
-    while time.monotonic() < deadline:
+
+    def conversion() -> dict[str, Any]:
         answer = requests.get(by_id_url, params={"task_id": task_id}, headers=headers, timeout=30)
         assert answer.status_code == 200, answer.text
-        conversion: dict[str, Any] = answer.json()["conversion"]
-        if until(conversion):
-            return conversion
-        pause.wait(0.25)
-    raise AssertionError(f"task {task_id} did not get there in {timeout_s} s")
+        found: dict[str, Any] = answer.json()["conversion"]
+        return found
+
+    return wait_until(
+        conversion,
+        until,
+        timeout_s=timeout_s,
+        every_s=0.25,
+        failure=f"task {task_id} did not get there",
+    )
 
 
 def wait_final(
@@ -156,7 +160,8 @@ def kill_replica(app: str, deployment: str) -> None:
 
 def wait_running(app: str, task_ids: list[str]) -> None:
     """Block until the Pipeline works on every one of `task_ids`."""
-    _wait_pipeline(app, lambda running: set(task_ids) <= running, "tasks did not start")
+    wanted = set(task_ids)
+    _wait_pipeline(app, lambda running: wanted <= running, "tasks did not start")
 
 
 def wait_stopped(app: str, task_id: str) -> None:
@@ -167,11 +172,13 @@ def wait_stopped(app: str, task_id: str) -> None:
 def _wait_pipeline(app: str, done: Callable[[set[str]], bool], failure: str) -> None:
     """Poll the Pipeline's running tasks until `done(running)`, for at most a minute."""
     pipeline = serve.get_deployment_handle("Pipeline", app_name=app)
-    deadline = time.monotonic() + 60
-    pause = threading.Event()  # never set: only a polling interval
-    while not done(set(pipeline.running_tasks.remote().result())):
-        assert time.monotonic() < deadline, failure
-        pause.wait(0.05)
+    wait_until(
+        lambda: set(pipeline.running_tasks.remote().result()),
+        done,
+        timeout_s=60,
+        every_s=0.05,
+        failure=failure,
+    )
 
 
 def samples_of(data: bytes) -> npt.NDArray[np.float32]:
