@@ -5,7 +5,6 @@ the tests share besides fixtures is in tests/serve_app/service.py."""
 from __future__ import annotations
 
 import http.server
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,16 +56,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackHub]:
         "HF_HUB_ETAG_TIMEOUT": "300",
         "HF_HUB_DOWNLOAD_TIMEOUT": "300",
     }
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)  # read by the raylet, hence every worker, as Ray starts
     try:
-        yield state
+        with pytest.MonkeyPatch.context() as environment:
+            # Read by the raylet, hence every worker, as Ray starts.
+            for name, value in variables.items():
+                environment.setenv(name, value)
+            yield state
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         state.release()
         server.shutdown()
         server.server_close()
