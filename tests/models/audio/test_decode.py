@@ -389,7 +389,7 @@ def test_limits_that_let_nothing_through_are_refused(limits: dict[str, float]) -
         DecodeLimits(**limits)  # type: ignore[arg-type]
 
 
-def test_probe_duration_reads_the_header_without_decoding(tmp_path: Path) -> None:
+def test_probe_duration_gives_the_length_and_refuses_non_audio(tmp_path: Path) -> None:
     rate = 22050
     path = tmp_path / "tone.flac"
     write_audio(
