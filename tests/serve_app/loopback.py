@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -13,6 +12,8 @@ from typing import Any
 import uvicorn
 from aiohttp import web
 from starlette.types import ASGIApp
+
+from tests.waiting import wait_until
 
 
 @asynccontextmanager
@@ -40,10 +41,13 @@ def uvicorn_on_loopback(app: ASGIApp, **config: Any) -> Iterator[int]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        thread.join(0.02)
+    wait_until(
+        lambda: server.started or not thread.is_alive(),
+        timeout_s=30,
+        every_s=0.02,
+        failure="uvicorn did not start",
+    )
+    assert server.started, "uvicorn stopped before it started"
     try:
         yield port
     finally:

@@ -8,8 +8,6 @@ that follow."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 import ray
@@ -18,7 +16,8 @@ from ray import serve
 from benchmarks.chaos import KINDS
 from benchmarks.soak import check_args, parser, render_songs, run
 from benchmarks.soakreport import format_report
-from tests.serve_app.conftest import APP, KEY_A, Service
+from tests.serve_app.service import APP, KEY_A, Service
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -63,18 +62,17 @@ def test_chaos_soak_keeps_every_invariant(service: Service) -> None:
 def wait_healthy(timeout_s: float = 120.0) -> None:
     """Block until every deployment of the application is healthy and the dispatcher runs
     again, so the tests after this one meet a whole service."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()  # never set: only a polling interval
-    while True:
-        application = serve.status().applications.get(APP)
-        healthy = application is not None and all(
-            deployment.status == "HEALTHY" for deployment in application.deployments.values()
-        )
-        dispatcher = any(
-            isinstance(actor, dict) and actor["name"] == f"{APP}-webhooks"
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-        )
-        if healthy and dispatcher:
-            return
-        assert time.monotonic() < deadline, "the application did not recover"
-        pause.wait(0.5)
+    wait_until(whole, timeout_s=timeout_s, every_s=0.5, failure="the application did not recover")
+
+
+def whole() -> bool:
+    """Every deployment of the application is healthy and its webhook dispatcher runs."""
+    application = serve.status().applications.get(APP)
+    healthy = application is not None and all(
+        deployment.status == "HEALTHY" for deployment in application.deployments.values()
+    )
+    dispatcher = any(
+        isinstance(actor, dict) and actor["name"] == f"{APP}-webhooks"
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+    )
+    return healthy and dispatcher

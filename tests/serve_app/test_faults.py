@@ -32,7 +32,7 @@ from serve_app.settings import (
 )
 from serve_app.store.records import Status, TaskRecord
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.conftest import (
+from tests.serve_app.service import (
     APP,
     KEY_A,
     Service,
@@ -48,6 +48,7 @@ from tests.serve_app.conftest import (
     write_song,
 )
 from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log, mount_small_disk
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -100,12 +101,13 @@ def test_preprocessor_killed_mid_call_the_task_completes(service: Service, tmp_p
     assert answer.status_code == 200, answer.text
     task_id = answer.json()["task_id"]
     replica = replica_actor(APP, "Preprocessor")
-    deadline = time.monotonic() + 120
-    pause = threading.Event()  # never set: only a polling interval
     # Serve's own count of the requests the replica is working on: the clean call is there.
-    while ray.get(replica.get_num_ongoing_requests.remote()) < 1:
-        assert time.monotonic() < deadline, "the Preprocessor never got the task"
-        pause.wait(0.05)
+    wait_until(
+        lambda: ray.get(replica.get_num_ongoing_requests.remote()) >= 1,
+        timeout_s=120,
+        every_s=0.05,
+        failure="the Preprocessor never got the task",
+    )
     ray.kill(replica, no_restart=True)
     conversion = wait_final(service, task_id, timeout_s=240)
     assert conversion["status"] == "COMPLETED", conversion["status_msg"]

@@ -45,7 +45,14 @@ from serve_app.settings import (
     hash_key,
 )
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.conftest import (
+from tests.serve_app.rawhttp import (
+    connect,
+    header_of,
+    read_response,
+    read_until_closed,
+    status_of,
+)
+from tests.serve_app.service import (
     KEY_A,
     KEY_B,
     SECRET,
@@ -54,13 +61,6 @@ from tests.serve_app.conftest import (
     poll,
     webhook_settled,
     write_song,
-)
-from tests.serve_app.rawhttp import (
-    connect,
-    header_of,
-    read_response,
-    read_until_closed,
-    status_of,
 )
 
 STRICT = "strict"

@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.models.audio.test_decode import (
+from tests.models.audio.media import (
     UNKNOWN_LENGTH,
     add_video,
     tone,
@@ -18,7 +18,7 @@ from tests.models.audio.test_decode import (
     write_unknown_length,
     write_video,
 )
-from tests.serve_app.conftest import Recorder, Service, submit, wait_final
+from tests.serve_app.service import Recorder, Service, submit, wait_final
 
 SUFFIXES = {
     "flac-streamed": "flac",

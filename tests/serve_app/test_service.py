@@ -18,7 +18,7 @@ from serve_app.app import separator_name
 from serve_app.outbound.webhooks import verify
 from serve_app.store.retention import sweep_work_folders
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.conftest import (
+from tests.serve_app.service import (
     APP,
     KEY_A,
     KEY_B,
@@ -34,6 +34,7 @@ from tests.serve_app.conftest import (
     webhook_settled,
     write_song,
 )
+from tests.waiting import wait_until
 
 QUANTUM = 1.0 / 32768  # one 16-bit step
 
@@ -257,11 +258,18 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
     def work_folders() -> list[str]:
         return [folder.name for folder in work.glob(f"{task_id}-*")]
 
-    # Wait (by polling the replica, which answers while it works) until the task runs in
-    # its work folder.
-    while task_id not in pipeline.running_tasks.remote().result() or not work_folders():
+    def running_in_its_folder() -> bool:
         record = store.get(task_id)
         assert record is not None and record.status.value in ("IN_QUEUE", "PROCESSING")
+        return task_id in pipeline.running_tasks.remote().result() and bool(work_folders())
+
+    # Poll the replica, which answers while it works.
+    wait_until(
+        running_in_its_folder,
+        timeout_s=120,
+        every_s=0.05,
+        failure="the task never ran in its work folder",
+    )
     replicas = [
         name
         for name in ray.util.list_named_actors(all_namespaces=True)

@@ -9,86 +9,23 @@ from pathlib import Path
 
 import av
 import numpy as np
-import numpy.typing as npt
 import pytest
-from av.audio.frame import AudioFrame
 from av.audio.layout import AudioLayout
-from av.audio.stream import AudioStream
-from av.container import OutputContainer
-from av.video.frame import VideoFrame
-from av.video.stream import VideoStream
 
 from models.audio.decode import PROBE_PACKETS, DecodeLimits, Track, decode, probe_duration
 from models.audio.integrity import SHORTFALL_TOLERANCE_S
 from models.errors import AudioError, AudioLimitError
-from tests.models.audio.tones import CHANNEL_HZ, peak_hz, tone
-
-VIDEO_RATE = 10
-
-
-def write_audio(
-    path: Path,
-    samples: npt.NDArray[np.float32],
-    *,
-    rate: int,
-    layout: str,
-    muxer: str,
-    codec: str,
-    video_codec: str | None = None,
-    options: dict[str, str] | None = None,
-    muxer_options: dict[str, str] | None = None,
-) -> None:
-    """Encode float samples (and optionally a tiny black video) into `path` with PyAV."""
-    with av.open(str(path), mode="w", format=muxer, options=muxer_options or {}) as container:
-        # Every stream must exist before the first packet is muxed.
-        video = add_video(container, video_codec) if video_codec is not None else None
-        stream = container.add_stream(codec, rate=rate, layout=layout, options=options)
-        assert isinstance(stream, AudioStream)
-        for start in range(0, samples.shape[1], 1000):
-            block = np.ascontiguousarray(samples[:, start : start + 1000])
-            frame = AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = start
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-        if video is not None:
-            write_video(container, video, seconds=samples.shape[1] / rate)
-
-
-def add_video(container: OutputContainer, codec: str) -> VideoStream:
-    """A 16x16 video stream."""
-    stream = container.add_stream(codec, rate=VIDEO_RATE)
-    assert isinstance(stream, VideoStream)
-    stream.width = 16
-    stream.height = 16
-    stream.pix_fmt = "yuv420p"
-    return stream
-
-
-def write_video(container: OutputContainer, stream: VideoStream, seconds: float) -> None:
-    """`seconds` of black frames on `stream`."""
-    for index in range(round(seconds * VIDEO_RATE)):
-        frame = VideoFrame.from_ndarray(np.zeros((16, 16, 3), dtype=np.uint8), format="rgb24")
-        frame.pts = index
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
-def wav_bytes(samples: npt.NDArray[np.float32], rate: int, data_size: int | None = None) -> bytes:
-    """A canonical 44-byte-header PCM WAV; `data_size` overrides the size the header claims."""
-    channels = samples.shape[0]
-    pcm = (np.clip(samples, -1, 1).T * 32767).astype("<i2").tobytes()
-    claimed = len(pcm) if data_size is None else data_size
-    header = (
-        b"RIFF"
-        + struct.pack("<I", (36 + claimed) & 0xFFFFFFFF)
-        + b"WAVE"
-        + b"fmt "
-        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
-        + b"data"
-        + struct.pack("<I", claimed)
-    )
-    return header + pcm
+from tests.models.audio.media import (
+    CHANNEL_HZ,
+    UNKNOWN_LENGTH,
+    add_video,
+    peak_hz,
+    tone,
+    wav_bytes,
+    write_audio,
+    write_unknown_length,
+    write_video,
+)
 
 
 def make_wav(path: Path, rate: int, layout: str, seconds: float = 1.0) -> Path:
@@ -365,7 +302,7 @@ def test_limits_that_let_nothing_through_are_refused(limits: dict[str, float]) -
         DecodeLimits(**limits)  # type: ignore[arg-type]
 
 
-def test_probe_duration_reads_the_header_without_decoding(tmp_path: Path) -> None:
+def test_probe_duration_gives_the_length_and_refuses_non_audio(tmp_path: Path) -> None:
     rate = 22050
     path = tmp_path / "tone.flac"
     write_audio(
@@ -399,46 +336,6 @@ def test_probe_refuses_a_file_whose_start_does_not_decode() -> None:
 
 
 # Inputs whose header declares no length: what streaming encoders and browsers write.
-
-
-def flac_without_total_samples(path: Path, samples: npt.NDArray[np.float32], rate: int) -> bytes:
-    """A FLAC whose STREAMINFO says 0 total samples (unknown), as a streaming encoder
-    writes it."""
-    write_audio(path, samples, rate=rate, layout="stereo", muxer="flac", codec="flac")
-    data = bytearray(path.read_bytes())
-    # STREAMINFO follows "fLaC" and a 4-byte block header; its bytes 10-17 pack the sample
-    # rate (20 bits), channels (3), bits per sample (5) and total samples (36).
-    start = 8 + 10
-    packed = int.from_bytes(data[start : start + 8], "big") >> 36 << 36
-    data[start : start + 8] = packed.to_bytes(8, "big")
-    return bytes(data)
-
-
-def write_unknown_length(kind: str, path: Path, seconds: float) -> bytes:
-    """`seconds` of stereo tones in a file whose header declares no length."""
-    rate = 48000 if kind == "webm-recording" else 44100
-    samples = tone(rate, round(rate * seconds), 2)
-    if kind == "flac-streamed":
-        return flac_without_total_samples(path, samples, rate)
-    muxer, codec, muxer_options = {
-        # Matroska's live mode writes no Duration element, as MediaRecorder does.
-        "webm-recording": ("webm", "libopus", {"live": "1"}),
-        "adts-aac": ("adts", "aac", {}),
-        "mp3-without-xing": ("mp3", "libmp3lame", {"write_xing": "0"}),
-    }[kind]
-    write_audio(
-        path,
-        samples,
-        rate=rate,
-        layout="stereo",
-        muxer=muxer,
-        codec=codec,
-        muxer_options=muxer_options,
-    )
-    return path.read_bytes()
-
-
-UNKNOWN_LENGTH = ("flac-streamed", "webm-recording", "adts-aac", "mp3-without-xing")
 
 
 @pytest.mark.parametrize("kind", UNKNOWN_LENGTH)

@@ -9,7 +9,7 @@ from av.audio.layout import AudioLayout
 
 from models.audio.decode import Track
 from models.audio.domain import SIDE_GAIN, stereo_downmix_matrix, to_model_input
-from tests.models.audio.tones import peak_hz, tone
+from tests.models.audio.media import peak_hz, tone
 
 
 def track_of(samples: npt.NDArray[np.float32], rate: int, layout: str) -> Track:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.engine.threads import available_cores, cpu_quota, use_threads
@@ -42,12 +43,20 @@ def test_cores_are_the_affinity_mask_capped_by_the_quota(tmp_path: Path) -> None
     assert available_cores(cgroup_v2(tmp_path / "big", "6400000 100000")) == mask
 
 
+@pytest.mark.parametrize(("cpu_max", "cores"), [("150000 100000", 2), ("250000 100000", 3)])
+def test_a_fractional_quota_is_rounded_up_under_the_affinity_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, cores: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert available_cores(cgroup_v2(tmp_path, cpu_max)) == cores
+
+
 def test_use_threads_sets_torch() -> None:
     before = torch.get_num_threads()
     try:
         assert use_threads(1) == 1
         assert torch.get_num_threads() == 1
-        assert use_threads() == available_cores()
-        assert torch.get_num_threads() == available_cores()
+        count = use_threads()
+        assert torch.get_num_threads() == count
     finally:
         torch.set_num_threads(before)

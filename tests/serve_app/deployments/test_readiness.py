@@ -9,8 +9,6 @@ user's `make run` without weights and without the hub is the second case.
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +22,9 @@ from ray import serve
 from models.families.demucs.testmodel import make_test_model
 from serve_app.app import build_app, separator_name
 from serve_app.settings import AppArgs, EngineSettings, PipelineSettings
-from tests.serve_app.conftest import Service, poll
 from tests.serve_app.hub import LoopbackHub
+from tests.serve_app.service import Service, poll
+from tests.waiting import wait_until
 
 SEPARATOR = separator_name("htdemucs_6s")
 REPO = "adefossez/HTDemucs-6s"
@@ -61,14 +60,9 @@ class App:
 
     def until(self, path: str, done: Callable[[requests.Response], bool]) -> requests.Response:
         """Poll a probe until `done(answer)`, for at most a minute."""
-        deadline = time.monotonic() + 60
-        pause = threading.Event()  # never set: only a polling interval
-        while True:
-            answer = self.probe(path)
-            if done(answer):
-                return answer
-            assert time.monotonic() < deadline, (path, answer.status_code, answer.text)
-            pause.wait(0.2)
+        return wait_until(
+            lambda: self.probe(path), done, every_s=0.2, failure=f"{path} never answered so"
+        )
 
 
 @pytest.fixture

@@ -7,15 +7,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ray import serve
 from ray.exceptions import ActorDiedError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentResponse, DeploymentResponseGenerator
 
 from serve_app.app import deployment
 from serve_app.deployments import replicas
-from tests.serve_app.conftest import Service
+from tests.serve_app.service import Service
 
 pytestmark = pytest.mark.faults
 
@@ -50,8 +51,19 @@ def mortal(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         serve.delete(MORTAL)
 
 
-def handle() -> DeploymentHandle:
-    return serve.get_deployment_handle("Mortal", app_name=MORTAL)
+class Doubling:
+    """The call `Mortal.double(number, deaths)` to hand to `replicas`: counts how often it
+    is sent."""
+
+    def __init__(self, number: int, deaths: int) -> None:
+        self.handle = serve.get_deployment_handle("Mortal", app_name=MORTAL)
+        self.number = number
+        self.deaths = deaths
+        self.sent = 0
+
+    def __call__(self) -> DeploymentResponse[Any] | DeploymentResponseGenerator[Any]:
+        self.sent += 1
+        return self.handle.double.remote(self.number, self.deaths)
 
 
 def deaths(folder: Path, number: int) -> int:
@@ -59,16 +71,19 @@ def deaths(folder: Path, number: int) -> int:
 
 
 def test_a_call_whose_replica_died_is_answered_by_the_next(mortal: Path) -> None:
-    mortal_handle = handle()
-    assert replicas.result(lambda: mortal_handle.double.remote(21, 1), "test") == 42
+    call = Doubling(21, deaths=1)
+    assert replicas.result(call, "test") == 42
     assert deaths(mortal, 21) == 1
+    # Never more sends than deaths + 1; fewer when Serve itself resent the dead call.
+    assert 1 <= call.sent <= deaths(mortal, 21) + 1
 
 
 def test_a_call_already_sent_is_sent_again(mortal: Path) -> None:
-    mortal_handle = handle()
-    sent = mortal_handle.double.remote(22, 1)
-    assert replicas.result(lambda: mortal_handle.double.remote(22, 1), "test", sent=sent) == 44
+    call = Doubling(22, deaths=1)
+    sent = call()
+    assert replicas.result(call, "test", sent=sent) == 44
     assert deaths(mortal, 22) == 1
+    assert 2 <= call.sent <= deaths(mortal, 22) + 1  # the first send was ours
 
 
 class DiedResponse:

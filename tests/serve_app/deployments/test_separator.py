@@ -15,7 +15,7 @@ from models.families.demucs.loading import load_model
 from serve_app.app import deployment
 from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
 from serve_app.settings import AppArgs
-from tests.serve_app.conftest import Service
+from tests.serve_app.service import Service
 
 
 def test_batches_follow_user_config_and_match_the_engine(service: Service, model_dir: Path) -> None:

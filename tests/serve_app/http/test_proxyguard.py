@@ -1,5 +1,5 @@
 """serve_app/http/proxyguard.py: its settings and version check, and the guard at work inside
-the session's real Serve proxy (conftest.PROXY: a 5 s header timeout, the default
+the session's real Serve proxy (service.PROXY: a 5 s header timeout, the default
 bounds), against slow clients on raw sockets."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import resource
 import socket
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import pydantic
 import pytest
@@ -15,7 +16,6 @@ import requests
 
 from serve_app.http.internals import WRITTEN_FOR, check_versions, installed_versions
 from serve_app.http.proxyguard import CALLBACK, CALLBACK_VARIABLE, ProxySettings
-from tests.serve_app.conftest import KEY_A, PROXY, Service
 from tests.serve_app.rawhttp import (
     ENDLESS_HEADERS,
     connect,
@@ -24,6 +24,7 @@ from tests.serve_app.rawhttp import (
     status_of,
     trickle_until_closed,
 )
+from tests.serve_app.service import KEY_A, PROXY, Service
 
 # Slack for a loaded machine: how much later than its limit a timer may fire.
 LATE_S = 5.0
@@ -33,6 +34,18 @@ SLOW_SOURCES = [f"127.0.1.{n}" for n in range(1, 11)]  # 50 each: under the per-
 
 def port_of(service: Service) -> int:
     return int(service.url.rsplit(":", 1)[1])
+
+
+@contextmanager
+def more_open_files(needed: int) -> Iterator[None]:
+    """This process's soft limit on open files raised to `needed` at least (as far as the
+    hard limit allows) until the block ends, then restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, needed)), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_settings_come_from_stemsplit_proxy_variables() -> None:
@@ -69,10 +82,8 @@ def test_the_proxy_closes_a_slow_header_connection_with_408(service: Service) ->
 
 
 def test_500_slow_header_connections_do_not_stop_a_normal_request(service: Service) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < SLOW_CLIENTS + 512:  # 500 sockets beside what pytest and Ray hold
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, SLOW_CLIENTS + 1024), hard))
-    with ExitStack() as held:
+    # The slow clients' sockets, beside the files pytest and Ray hold.
+    with more_open_files(SLOW_CLIENTS + 1024), ExitStack() as held:
         opened = time.monotonic()
         slow: list[socket.socket] = []
         for n in range(SLOW_CLIENTS):

@@ -26,7 +26,7 @@ from serve_app.store.faults import reconnect_after, space_short, sqlite_code, st
 from serve_app.store.records import Status
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log
-from tests.serve_app.store.test_tasks import spec
+from tests.serve_app.store.builders import spec
 
 MiB = 1 << 20
 Mount = Callable[[Path, int], SmallDisk]

@@ -26,23 +26,9 @@ from serve_app.store.tasks import (
     IdempotencyKeyError,
     TaskStore,
 )
+from tests.serve_app.store.builders import T0, at, spec
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 HOOK = "https://example.test/hook"
-
-
-def spec(*, webhook_url: str | None = None, owner: str = "local") -> TaskSpec:
-    return TaskSpec(
-        owner=owner,
-        stems=("vocals", "drums"),
-        preprocessing=("Denoise",),
-        output_format="flac",
-        input_key="inputs/x/audio.mp3",
-        webhook_url=webhook_url,
-        duration_s=12.5,
-        eta_s=30.0,
-        credit_estimate=1.5,
-    )
 
 
 def body(record: TaskRecord) -> str:
@@ -52,10 +38,6 @@ def body(record: TaskRecord) -> str:
 
 def broken_body(record: TaskRecord) -> str:
     raise RuntimeError("payload builder broke")
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 @pytest.fixture
