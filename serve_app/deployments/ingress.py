@@ -270,7 +270,7 @@ class Ingress:
             return self._unavailable(short), False
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(
-            request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
+            request, self.routing, spool, self.args.uploads, self.args.outbound
         )
         try:
             missing = await self._unavailable_model(form.stems)

@@ -147,11 +147,11 @@ def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
     ).remote(
         functools.partial(TaskStore, args.db_url()),
         webhook_secret(args),
-        args.webhooks.schedule(),
+        args.webhooks,
         poll_s=args.webhooks.poll_s,
         concurrency=args.webhooks.concurrency,
         on_attempt=count_attempt,
-        outbound=args.outbound.policy(),
+        outbound=args.outbound,
     )
 
 
@@ -194,7 +194,7 @@ class Pipeline:
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
-        self.outbound = args.outbound.policy()
+        self.outbound = args.outbound
         context = serve.get_replica_context()
         self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
         self.dispatcher = webhook_dispatcher(args, context.app_name)
@@ -416,10 +416,8 @@ class Pipeline:
         else:
             assert spec.audio_url is not None
             source = folder / "input"
-            await fetch_audio(
-                spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
-            )
-        track = await asyncio.to_thread(decode, source, self.args.decode.limits())
+            await fetch_audio(spec.audio_url, source, self.args.fetch, policy=self.outbound)
+        track = await asyncio.to_thread(decode, source, self.args.decode)
         for warning in track.warnings:
             logger.info(
                 "task %s: input: %s", record.task_id, warning, extra={"task_id": record.task_id}

@@ -8,9 +8,15 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
+from models.audio.decode import DecodeLimits
 from serve_app.app import deployment_names
+from serve_app.http.body import UploadLimits
+from serve_app.outbound.fetch import FetchLimits
+from serve_app.outbound.netguard import OutboundPolicy
+from serve_app.outbound.webhooks import RetrySchedule
 from serve_app.settings import AppArgs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -62,3 +68,38 @@ def test_cluster_profile_uses_gpus_autoscaling_and_auth() -> None:
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="extra"):
         AppArgs.model_validate({"pipeline": {"lease_seconds": 3}})
+
+
+@pytest.mark.parametrize(
+    "section", ["uploads", "fetch", "decode", "webhooks", "outbound", "pipeline"]
+)
+def test_unknown_keys_are_refused_inside_every_section(section: str) -> None:
+    with pytest.raises(ValidationError, match="lease_seconds"):
+        AppArgs.model_validate({section: {"lease_seconds": 3}})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"uploads": {"max_fields": 0}}, "upload limits must be positive"),
+        ({"fetch": {"max_redirects": -1}}, "max_redirects must not be negative"),
+        ({"decode": {"max_channels": 0}}, "decode limits must be positive"),
+        ({"webhooks": {"jitter": 1}}, "jitter must be at least 0 and below 1"),
+        ({"webhooks": {"poll_s": 0}}, "poll_s must be positive"),
+        ({"outbound": {"allowed_networks": ["10.0.0.0/33"]}}, "allowed_networks must be CIDRs"),
+    ],
+)
+def test_values_are_checked_by_the_core_limits(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AppArgs.model_validate(args)
+
+
+def test_sections_are_the_core_limits_with_their_defaults() -> None:
+    args = AppArgs.model_validate({"uploads": {"max_fields": 3}, "webhooks": {"jitter": 0.5}})
+    assert args.uploads == UploadLimits(max_fields=3)
+    assert args.fetch == FetchLimits()
+    assert args.decode == DecodeLimits()
+    assert args.outbound == OutboundPolicy()
+    assert isinstance(args.webhooks, RetrySchedule)
+    assert args.webhooks.jitter == 0.5
+    assert args.webhooks.delays_s == RetrySchedule().delays_s
