@@ -14,6 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -137,6 +138,24 @@ class EngineSettings(Section):
     model_retry_s: float = Field(30.0, gt=0)
 
 
+class SeparatorDeployments(Section):
+    """The Serve options of every Separator: `build_app` binds one per routed model with
+    these, so a model added to the routing needs no block of its own in a config file. A
+    `deployments` entry named `Separator_<model>` beside `args` still overrides them for
+    that model, as it would any option set in code. Unset options keep the code's."""
+
+    num_replicas: int | None = Field(None, gt=0)
+    max_ongoing_requests: int | None = Field(None, gt=0)
+    ray_actor_options: dict[str, Any] | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    # Reaches Separator.reconfigure: `max_batch_size`, `batch_wait_timeout_s`.
+    user_config: dict[str, Any] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """As `Deployment.options` takes them."""
+        return self.model_dump(exclude_none=True)
+
+
 class PricingSettings(Section):
     """How `eta` and `credit_estimate` are computed (see the README)."""
 
@@ -170,6 +189,7 @@ class AppArgs(Section):
     retention: RetentionSettings = RetentionSettings()
     pipeline: PipelineSettings = PipelineSettings()
     engine: EngineSettings = EngineSettings()
+    separators: SeparatorDeployments = SeparatorDeployments()
     pricing: PricingSettings = PricingSettings()
 
     def data_path(self) -> Path:

@@ -44,7 +44,7 @@ from models.engine.tiling import Geometry, WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, check_format, write_stems
 from models.stems.planner import Plan, make_plan
-from models.stems.routing import Routing, load_routing
+from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
 from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
@@ -183,6 +183,7 @@ class Pipeline:
     def __init__(
         self,
         args: AppArgs,
+        routing: Routing,
         separators: dict[str, DeploymentHandle],
         preprocessor: DeploymentHandle,
     ) -> None:
@@ -190,7 +191,7 @@ class Pipeline:
         self.settings = args.pipeline
         self.separators = separators
         self.preprocessor = preprocessor
-        self.routing = load_routing(Path(args.routing))
+        self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
