@@ -1,5 +1,5 @@
-"""The application builder: binds Ingress, Pipeline, Preprocessor and one Separator per
-routed model into one Serve application. A Serve config file names
+"""The application builder: binds Ingress, Pipeline, Preprocessor, Housekeeping and one
+Separator per routed model into one Serve application. A Serve config file names
 `serve_app.app:build_app` as its import path and passes `args` (serve_app/settings.py).
 
 The routing is read here, once, and handed to the deployments that use it; each
@@ -16,6 +16,7 @@ from typing import Any, cast
 from ray.serve import Application, Deployment
 
 from models.stems.routing import load_routing
+from serve_app.deployments.housekeeping import Housekeeping
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.pipeline import Pipeline
 from serve_app.deployments.preprocessor import Preprocessor
@@ -24,7 +25,7 @@ from serve_app.settings import AppArgs
 
 __all__ = ["build_app", "deployment", "deployment_names", "separator_name"]
 
-FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor")
+FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor", "Housekeeping")
 
 
 def deployment_names(args: AppArgs) -> tuple[str, ...]:
@@ -59,7 +60,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         for model, entry in routing.models.items()
     }
     preprocessor = deployment(Preprocessor).bind(settings.engine)
-    pipeline = deployment(Pipeline).bind(settings, routing, separators, preprocessor)
+    housekeeping = deployment(Housekeeping).bind(settings)
+    pipeline = deployment(Pipeline).bind(settings, routing, separators, preprocessor, housekeeping)
     return deployment(Ingress).bind(settings, routing, pipeline, separators)
 
 

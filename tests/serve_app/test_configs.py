@@ -97,6 +97,7 @@ def test_cluster_profile_uses_gpus_autoscaling_and_auth() -> None:
     assert args.auth.enabled is True and args.auth.keys_env
     assert args.webhooks.secret_env
     by_name = {deployment.name: deployment for deployment in application.deployments}
+    assert by_name.pop("Housekeeping").num_replicas == 1  # one sweeper, one supervisor
     for name, deployment in by_name.items():
         assert deployment.autoscaling_config is not None, name
         if name == "Preprocessor":
