@@ -114,7 +114,8 @@ class PipelineSettings(Section):
     """How Pipeline replicas take and run tasks."""
 
     lease_s: float = Field(30.0, gt=0)  # a task whose worker stops renewing is retaken after this
-    poll_s: float = Field(2.0, gt=0)  # how often an idle replica looks for work
+    # How often an idle replica looks for work, and Housekeeping wakes the webhook dispatcher.
+    poll_s: float = Field(2.0, gt=0)
     tasks_per_replica: int = Field(2, gt=0)
     segments_in_flight: int = Field(4, gt=0)  # per task, sent to the Separator together
     max_claims: int = Field(3, gt=0)  # a task that stopped its worker this often is FAILED
