@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--routing",
         type=Path,
         default=DEFAULT_ROUTING_PATH,
-        help="model routing file (default: configs/models.yaml)",
+        help="model routing file (default: the one shipped in models/stems/models.yaml)",
     )
     separate.add_argument(
         "--device",

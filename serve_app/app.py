@@ -1,6 +1,11 @@
-"""The application builder: binds Ingress, Pipeline, Preprocessor and one Separator per
-routed model into one Serve application. A Serve config file names
+"""The application builder: binds Ingress, Pipeline, Preprocessor, Housekeeping and one
+Separator per routed model into one Serve application. A Serve config file names
 `serve_app.app:build_app` as its import path and passes `args` (serve_app/settings.py).
+
+The routing is read here, once, and handed to the deployments that use it; each
+deployment gets the settings it uses. The Separators come from the routing itself, all
+with the `separators` options, so a model added to the routing needs no new block in a
+config file (a `deployments` entry named `Separator_<model>` still overrides them).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any, cast
 from ray.serve import Application, Deployment
 
 from models.stems.routing import load_routing
+from serve_app.deployments.housekeeping import Housekeeping
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.pipeline import Pipeline
 from serve_app.deployments.preprocessor import Preprocessor
@@ -19,7 +25,7 @@ from serve_app.settings import AppArgs
 
 __all__ = ["build_app", "deployment", "deployment_names", "separator_name"]
 
-FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor")
+FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor", "Housekeeping")
 
 
 def deployment_names(args: AppArgs) -> tuple[str, ...]:
@@ -41,13 +47,22 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     )
     settings.data_path().mkdir(parents=True, exist_ok=True)
     routing = load_routing(settings.routing)
+    options = settings.separators.options()
     separators = {
-        model: deployment(Separator).options(name=separator_name(model)).bind(model, settings)
-        for model in routing.models
+        model: deployment(Separator)
+        .options(name=separator_name(model), **options)
+        .bind(
+            entry,
+            settings.engine,
+            model_dir=settings.model_dir,
+            use_hub=settings.use_hub,
+        )
+        for model, entry in routing.models.items()
     }
-    preprocessor = deployment(Preprocessor).bind(settings)
-    pipeline = deployment(Pipeline).bind(settings, separators, preprocessor)
-    return deployment(Ingress).bind(settings, pipeline, separators)
+    preprocessor = deployment(Preprocessor).bind(settings.engine)
+    housekeeping = deployment(Housekeeping).bind(settings)
+    pipeline = deployment(Pipeline).bind(settings, routing, separators, preprocessor, housekeeping)
+    return deployment(Ingress).bind(settings, routing, pipeline, separators)
 
 
 def deployment(decorated: object) -> Deployment:

@@ -1,6 +1,7 @@
 """The application's settings: the typed `args` of `build_app`, with the embedded defaults.
 
-Configuration flows one way: the defaults here, then the `args` of a Serve config file
+Configuration flows one way: the code defaults (here, and in the core's own limits, which
+sections such as `uploads` and `decode` take as they are), then the `args` of a Serve config file
 (configs/local.yaml, configs/cluster.yaml), then each deployment's `user_config` at
 runtime. Secrets (API keys, the webhook secret) may be named by an environment variable
 instead of written into the file; they are read when the application is built, never
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.audio.decode import DecodeLimits
 from models.stems.routing import DEFAULT_ROUTING_PATH
 from serve_app.http.body import UploadLimits
+from serve_app.outbound.dispatcher import CONCURRENCY, POLL_S
 from serve_app.outbound.fetch import FetchLimits
 from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.outbound.webhooks import RetrySchedule
@@ -63,99 +67,26 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class UploadSettings(Section):
-    """Limits on the multipart body of POST /Extraction."""
-
-    max_body_bytes: int = Field(500 * 1024**2, gt=0)
-    max_fields: int = Field(16, gt=0)
-    max_field_bytes: int = Field(64 * 1024, gt=0)
-    body_idle_timeout_s: float = Field(60.0, gt=0)
-
-    def limits(self) -> UploadLimits:
-        """As the form reader takes them."""
-        return UploadLimits(
-            max_body_bytes=self.max_body_bytes,
-            max_fields=self.max_fields,
-            max_field_bytes=self.max_field_bytes,
-            body_idle_timeout_s=self.body_idle_timeout_s,
-        )
-
-
-class FetchSettings(Section):
-    """Limits on downloading `audio_url`."""
-
-    timeout_s: float = Field(120.0, gt=0)
-    connect_timeout_s: float = Field(10.0, gt=0)
-    max_bytes: int = Field(500 * 1024**2, gt=0)
-    max_redirects: int = Field(3, ge=0)
-
-    def limits(self) -> FetchLimits:
-        """As `fetch_audio` takes them."""
-        return FetchLimits(
-            timeout_s=self.timeout_s,
-            connect_timeout_s=self.connect_timeout_s,
-            max_bytes=self.max_bytes,
-            max_redirects=self.max_redirects,
-        )
-
-
-class DecodeSettings(Section):
-    """Limits on decoding an input; see models.audio.decode.DecodeLimits."""
-
-    max_duration_s: float = Field(3600.0, gt=0)
-    max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
-    max_channels: int = Field(16, gt=0)
-
-    def limits(self) -> DecodeLimits:
-        """As `decode` takes them."""
-        return DecodeLimits(
-            max_duration_s=self.max_duration_s,
-            max_decoded_bytes=self.max_decoded_bytes,
-            max_channels=self.max_channels,
-        )
-
-
-class WebhookSettings(Section):
-    """Signing and retrying webhooks."""
+@dataclass(frozen=True)
+class WebhookSettings(RetrySchedule):
+    """Signing, sending and retrying webhooks: the dispatcher's retry schedule, its secret,
+    how often it looks for due deliveries and how many it sends at once."""
 
     # The Standard Webhooks secret ("whsec_..."), or the environment variable holding it.
     # Neither set: a secret is generated when the application is built (fine on a laptop;
     # receivers then cannot verify across restarts).
     secret: str | None = None
     secret_env: str | None = None
-    delays_s: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600)
-    jitter: float = Field(0.2, ge=0, lt=1)
-    timeout_s: float = Field(10.0, gt=0)
-    max_retry_after_s: float = Field(3600.0, gt=0)
-    poll_s: float = Field(5.0, gt=0)
-    concurrency: int = Field(8, gt=0)
+    poll_s: float = POLL_S
+    concurrency: int = CONCURRENCY
 
-    def schedule(self) -> RetrySchedule:
-        """As the dispatcher takes it."""
-        return RetrySchedule(
-            delays_s=self.delays_s,
-            jitter=self.jitter,
-            timeout_s=self.timeout_s,
-            max_retry_after_s=self.max_retry_after_s,
-        )
-
-
-class OutboundSettings(Section):
-    """Which addresses `audio_url` downloads and webhooks may reach. By default only
-    public addresses: loopback, private, link-local (cloud metadata), CGNAT, multicast
-    and the like are refused (serve_app/outbound/netguard.py)."""
-
-    allow_private: bool = False  # true: no address is refused (a trusted network only)
-    allowed_networks: tuple[str, ...] = ()  # CIDRs reachable even though not public
-    allowed_ports: tuple[int, ...] = ()  # empty: any port
-
-    def policy(self) -> OutboundPolicy:
-        """As netguard takes it."""
-        return OutboundPolicy(
-            allow_private=self.allow_private,
-            allowed_networks=self.allowed_networks,
-            allowed_ports=self.allowed_ports,
-        )
+    def __post_init__(self) -> None:
+        """Refuse a schedule, poll interval or concurrency the dispatcher would refuse."""
+        super().__post_init__()
+        if self.poll_s <= 0:
+            raise ValueError(f"poll_s must be positive, got {self.poll_s}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
 
 
 class LimitSettings(Section):
@@ -183,7 +114,8 @@ class PipelineSettings(Section):
     """How Pipeline replicas take and run tasks."""
 
     lease_s: float = Field(30.0, gt=0)  # a task whose worker stops renewing is retaken after this
-    poll_s: float = Field(2.0, gt=0)  # how often an idle replica looks for work
+    # How often an idle replica looks for work, and Housekeeping wakes the webhook dispatcher.
+    poll_s: float = Field(2.0, gt=0)
     tasks_per_replica: int = Field(2, gt=0)
     segments_in_flight: int = Field(4, gt=0)  # per task, sent to the Separator together
     max_claims: int = Field(3, gt=0)  # a task that stopped its worker this often is FAILED
@@ -207,6 +139,24 @@ class EngineSettings(Section):
     model_retry_s: float = Field(30.0, gt=0)
 
 
+class SeparatorDeployments(Section):
+    """The Serve options of every Separator: `build_app` binds one per routed model with
+    these, so a model added to the routing needs no block of its own in a config file. A
+    `deployments` entry named `Separator_<model>` beside `args` still overrides them for
+    that model, as it would any option set in code. Unset options keep the code's."""
+
+    num_replicas: int | None = Field(None, gt=0)
+    max_ongoing_requests: int | None = Field(None, gt=0)
+    ray_actor_options: dict[str, Any] | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    # Reaches Separator.reconfigure: `max_batch_size`, `batch_wait_timeout_s`.
+    user_config: dict[str, Any] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """As `Deployment.options` takes them."""
+        return self.model_dump(exclude_none=True)
+
+
 class PricingSettings(Section):
     """How `eta` and `credit_estimate` are computed (see the README)."""
 
@@ -226,15 +176,21 @@ class AppArgs(Section):
     use_hub: bool = True
     public_url: str = "http://127.0.0.1:8000"  # where clients reach the API; stem URLs use it
     auth: AuthSettings = AuthSettings()
-    uploads: UploadSettings = UploadSettings()
-    fetch: FetchSettings = FetchSettings()
-    decode: DecodeSettings = DecodeSettings()
+    # The core's own limits, validated by their dataclasses; unknown keys are refused in
+    # them too (pydantic applies this model's `extra="forbid"` to nested dataclasses).
+    uploads: UploadLimits = UploadLimits()
+    fetch: FetchLimits = FetchLimits()
+    decode: DecodeLimits = DecodeLimits()
     webhooks: WebhookSettings = WebhookSettings()
-    outbound: OutboundSettings = OutboundSettings()
+    # Which addresses `audio_url` downloads and webhooks may reach. By default only public
+    # addresses: loopback, private, link-local (cloud metadata), CGNAT, multicast and the
+    # like are refused (serve_app/outbound/netguard.py).
+    outbound: OutboundPolicy = OutboundPolicy()
     limits: LimitSettings = LimitSettings()
     retention: RetentionSettings = RetentionSettings()
     pipeline: PipelineSettings = PipelineSettings()
     engine: EngineSettings = EngineSettings()
+    separators: SeparatorDeployments = SeparatorDeployments()
     pricing: PricingSettings = PricingSettings()
 
     def data_path(self) -> Path:

@@ -1,6 +1,7 @@
 """Model routing: which configured model serves which stem, loaded from YAML and validated.
 
-The routing is data, not code (`configs/models.yaml` by default). Its schema::
+The routing is data, not code (`models.yaml` beside this module by default, shipped in
+the package). Its schema::
 
     models:                      # required, at least one entry
       <key>:                     # model key: the pass name and, later, the Separator name
@@ -35,7 +36,8 @@ import yaml
 from models.errors import RoutingError
 from models.stems.catalogue import ALL_STEMS, MIXTURE
 
-DEFAULT_ROUTING_PATH: Path = Path(__file__).resolve().parents[2] / "configs" / "models.yaml"
+# Package data, so an installed wheel finds it as a source checkout does.
+DEFAULT_ROUTING_PATH: Path = Path(__file__).resolve().with_name("models.yaml")
 
 FAMILIES: frozenset[str] = frozenset({"demucs"})
 

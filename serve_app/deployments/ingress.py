@@ -32,7 +32,7 @@ from models.audio.decode import probe_duration
 from models.errors import AudioError
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
 from models.stems.planner import make_plan
-from models.stems.routing import load_routing
+from models.stems.routing import Routing
 from serve_app.deployments.health import deployment_states, model_state
 from serve_app.deployments.separator import ModelState, ModelStatus, separator_name
 from serve_app.http.auth import Authenticator, AuthError
@@ -182,6 +182,7 @@ class Ingress:
     def __init__(
         self,
         args: AppArgs,
+        routing: Routing,
         pipeline: DeploymentHandle,
         separators: dict[str, DeploymentHandle],
     ) -> None:
@@ -189,7 +190,7 @@ class Ingress:
         self.pipeline = pipeline
         self.separators = separators
         self.ready_at: dict[str, float] = {}  # when each model was last seen ready
-        self.routing = load_routing(args.routing)
+        self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
@@ -270,7 +271,7 @@ class Ingress:
             return self._unavailable(short), False
         spool = self.blobs.spool_dir()
         form = await read_extraction_form(
-            request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
+            request, self.routing, spool, self.args.uploads, self.args.outbound
         )
         try:
             missing = await self._unavailable_model(form.stems)

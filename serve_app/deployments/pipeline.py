@@ -8,12 +8,12 @@ does not load within `model_wait_s`, ends the task FAILED with the reason), fetc
 `audio_url` or open the upload, run the job path (`TrackJob.run`: decode within the limits,
 clean through the Preprocessor with `RemoteCleaner`, send segments to the Separator of each
 pass with `RemoteModels`), store the stems, and mark the task COMPLETED, which in the same
-transaction queues its webhook in the outbox. Any failure ends in FAILED with a message the
+transaction queues its webhook in the outbox (and wakes the
+Housekeeping deployment, which sends it). Any failure ends in FAILED with a message the
 caller can act on; tracebacks stay in the logs.
 
 A segment whose Separator replica died is sent again; a replica shut down gracefully
-hands its running tasks back to the queue; the claim loop also wakes the webhook
-dispatcher (restarting it if it died) and runs the retention sweep. While the data
+hands its running tasks back to the queue. While the data
 folder is below its free-space reserve no new task is taken; a task that meets a full
 disk fails with that reason, and one that cannot even record its failure (the database
 is full) is taken again once its lease expires (serve_app/store/faults.py).
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import ray
 import torch
 from ray import serve
 from ray.exceptions import RayTaskError
@@ -45,24 +44,17 @@ from models.engine.tiling import Geometry, WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, TrackJob
 from models.stems.planner import Plan
-from models.stems.routing import Routing, load_routing
+from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
 from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
 from serve_app.http.wire import conversion, credits, stem_key
-from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.fetch import FetchError, fetch_audio
-from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
 from serve_app.store.blobs import LocalBlobStore
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
 from serve_app.store.records import Status, TaskRecord
-from serve_app.store.retention import (
-    sweep,
-    sweep_orphan_inputs,
-    sweep_work_folders,
-    work_folder_name,
-)
+from serve_app.store.retention import work_folder_name
 from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
@@ -156,44 +148,6 @@ class RemoteCleaner:
         return cast(Samples, cleaned)
 
 
-def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
-    """The application's webhook dispatcher: a detached Ray actor, restarted whenever it
-    dies, shared by every Pipeline replica (the first one creates it)."""
-    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WebhookDispatcher)
-    return actor.options(
-        name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
-    ).remote(
-        functools.partial(TaskStore, args.db_url()),
-        webhook_secret(args),
-        args.webhooks.schedule(),
-        poll_s=args.webhooks.poll_s,
-        concurrency=args.webhooks.concurrency,
-        on_attempt=count_attempt,
-        outbound=args.outbound.policy(),
-    )
-
-
-def count_attempt(attempt: Any) -> None:
-    """The dispatcher's hook: webhook attempts by outcome."""
-    metrics.webhook_attempts().inc(tags={"outcome": attempt.outcome})
-
-
-def webhook_secret(args: AppArgs) -> str:
-    """The configured secret, else one generated once and kept in the data folder
-    (readable by the owner only), so receivers can verify across restarts."""
-    configured = args.webhook_secret()
-    if configured:
-        return configured
-    path = args.data_path() / "webhook-secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{uuid.uuid4().hex}")
-        staging.write_text(new_secret())
-        staging.chmod(0o600)
-        staging.replace(path)
-    return path.read_text().strip()
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Pipeline:
     """Claims tasks and runs them, `tasks_per_replica` at a time."""
@@ -201,21 +155,23 @@ class Pipeline:
     def __init__(
         self,
         args: AppArgs,
+        routing: Routing,
         separators: dict[str, DeploymentHandle],
         preprocessor: DeploymentHandle,
+        housekeeping: DeploymentHandle,
     ) -> None:
         self.args = args
         self.settings = args.pipeline
         self.separators = separators
         self.preprocessor = preprocessor
-        self.routing = load_routing(Path(args.routing))
+        self.housekeeping = housekeeping
+        self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
-        self.outbound = args.outbound.policy()
+        self.outbound = args.outbound
         context = serve.get_replica_context()
         self.worker = f"{context.replica_id.unique_id}-{uuid.uuid4().hex[:8]}"
-        self.dispatcher = webhook_dispatcher(args, context.app_name)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.lost: dict[str, asyncio.Event] = {}  # set when a running task's lease is gone
         self.wakeup = asyncio.Event()
@@ -248,18 +204,13 @@ class Pipeline:
         return sorted(self.running)
 
     async def _claim_loop(self) -> None:
-        swept_at = float("-inf")
         while True:
             try:
                 await self._fill()
-                self.dispatcher.wake.remote()
                 counts = await asyncio.to_thread(self.store.counts)
                 metrics.queue_length().set(counts[Status.IN_QUEUE])
-                if time.monotonic() - swept_at >= self.args.retention.sweep_every_s:
-                    swept_at = time.monotonic()
-                    await asyncio.to_thread(self._sweep)
             except Exception as error:
-                log_loop_failure(logger, "pipeline claim loop (database or actor call)", error)
+                log_loop_failure(logger, "pipeline claim loop (database call)", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.settings.poll_s)
             self.wakeup.clear()
@@ -290,22 +241,6 @@ class Pipeline:
                 logger.info("pipeline: disk space is back; taking tasks again")
             self.space_note = note
         return note is not None
-
-    def _sweep(self) -> None:
-        """Delete the files of tasks past the retention time, uploads no task uses (those
-        only after an hour at least: an upload becomes a task within moments), and the work
-        folders of workers that died at work."""
-        keep_s = self.args.retention.keep_s
-        swept = sweep(self.store, self.blobs, older_than_s=keep_s)
-        orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
-        stopped = sweep_work_folders(self.store, self.work_dir)
-        if swept or orphans or stopped:
-            logger.info(
-                "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",
-                swept,
-                orphans,
-                stopped,
-            )
 
     def _done(self, task_id: str, _task: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)
@@ -347,7 +282,7 @@ class Pipeline:
             shutil.rmtree(folder, ignore_errors=True)
         metrics.tasks_finished().inc(tags={"status": status})
         metrics.task_seconds().observe(time.monotonic() - started)
-        self.dispatcher.wake.remote()
+        self.housekeeping.wake.remote()  # its webhook goes out now, not at the next poll
 
     async def _record_failure(
         self, task_id: str, message: str, log: logging.LoggerAdapter[logging.Logger]
@@ -436,9 +371,7 @@ class Pipeline:
         else:
             assert spec.audio_url is not None
             source = folder / "input"
-            await fetch_audio(
-                spec.audio_url, source, self.args.fetch.limits(), policy=self.outbound
-            )
+            await fetch_audio(spec.audio_url, source, self.args.fetch, policy=self.outbound)
         options = EngineOptions(
             batch_size=self.settings.segments_in_flight,
             overlap=self.args.engine.overlap,
@@ -455,7 +388,7 @@ class Pipeline:
             source,
             RemoteModels(self.routing, self.separators, record.task_id),
             folder / "stems",
-            limits=self.args.decode.limits(),
+            limits=self.args.decode,
             clean=RemoteCleaner(self.preprocessor, record.task_id),
             options=options,
             on_progress=_ProgressWriter(self.store, record.task_id, self.worker, lost),

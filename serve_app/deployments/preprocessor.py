@@ -14,16 +14,16 @@ from ray import serve
 from models.engine.threads import use_threads, with_threads
 from models.engine.tiling import resolve_device
 from models.preprocess.steps import preprocess
-from serve_app.settings import AppArgs
+from serve_app.settings import EngineSettings
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
 class Preprocessor:
     """Cleans tracks before separation."""
 
-    def __init__(self, args: AppArgs) -> None:
-        self.device = resolve_device(args.engine.device).type
-        self.threads = use_threads(args.engine.threads)
+    def __init__(self, engine: EngineSettings) -> None:
+        self.device = resolve_device(engine.device).type
+        self.threads = use_threads(engine.threads)
 
     async def clean(
         self, samples: npt.NDArray[np.float32], sample_rate: int, steps: tuple[str, ...]

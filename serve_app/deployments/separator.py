@@ -34,9 +34,9 @@ from models.engine.threads import use_threads, with_threads
 from models.engine.tiling import Geometry, resolve_device, separate_windows
 from models.errors import ModelMissingError, ModelUnavailableError
 from models.families.demucs.loading import load_model
-from models.stems.routing import ModelEntry, load_routing
+from models.stems.routing import ModelEntry
 from serve_app.deployments import metrics
-from serve_app.settings import AppArgs
+from serve_app.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -107,13 +107,17 @@ def unavailable_reason(model: str, failure: Exception, *, use_hub: bool) -> str:
 class Separator:
     """Runs segments through one routed model, batched across tasks."""
 
-    def __init__(self, model: str, args: AppArgs) -> None:
-        self.model = model
-        self.args = args
-        self.entry: ModelEntry = load_routing(Path(args.routing)).models[model]
-        self.device = resolve_device(args.engine.device)
-        self.precision = args.engine.precision
-        self.threads = use_threads(args.engine.threads)
+    def __init__(
+        self, entry: ModelEntry, engine: EngineSettings, *, model_dir: str | None, use_hub: bool
+    ) -> None:
+        self.model = entry.name
+        self.entry = entry
+        self.engine = engine
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.use_hub = use_hub
+        self.device = resolve_device(engine.device)
+        self.precision = engine.precision
+        self.threads = use_threads(engine.threads)
         self.batches = 0
         self.sizes: Counter[int] = Counter()
         self.tasks_per_batch: Counter[int] = Counter()
@@ -128,12 +132,12 @@ class Separator:
             try:
                 bag = await asyncio.to_thread(self._load)
             except Exception as failure:
-                self.failure = unavailable_reason(self.model, failure, use_hub=self.args.use_hub)
+                self.failure = unavailable_reason(self.model, failure, use_hub=self.use_hub)
                 logger.error(
                     "separator %s: %s; trying again in %g s",
                     self.model,
                     failure,
-                    self.args.engine.model_retry_s,
+                    self.engine.model_retry_s,
                 )
             else:
                 self.bag, self.geometry, self.failure = bag, Geometry.of(bag), None
@@ -146,13 +150,13 @@ class Separator:
                 )
                 return
             self.attempted.set()
-            await asyncio.sleep(self.args.engine.model_retry_s)
+            await asyncio.sleep(self.engine.model_retry_s)
 
     def _load(self) -> BagOfModels:
         bag = load_model(
             self.entry.weights,
-            model_dir=Path(self.args.model_dir) if self.args.model_dir else None,
-            use_hub=self.args.use_hub,
+            model_dir=self.model_dir,
+            use_hub=self.use_hub,
             checksum=self.entry.checksum,
         )
         return bag.to(self.device)

@@ -60,6 +60,22 @@ class UploadLimits:
     # byte now and then would otherwise hold one of the Ingress's request slots for ever.
     body_idle_timeout_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        """Refuse limits that would let no form through (`max_files` 0 refuses files)."""
+        positive = (
+            self.max_body_bytes,
+            self.max_fields,
+            self.max_field_bytes,
+            self.max_preamble_bytes,
+            self.max_part_headers,
+            self.max_header_bytes,
+            self.body_idle_timeout_s,
+        )
+        if min(positive) <= 0:
+            raise ValueError("upload limits must be positive")
+        if self.max_files < 0:
+            raise ValueError("max_files must not be negative")
+
 
 DEFAULT_LIMITS = UploadLimits()
 

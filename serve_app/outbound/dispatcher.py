@@ -25,6 +25,9 @@ from serve_app.store.records import Attempt, Delivery, DeliveryState, Outbox
 
 logger = logging.getLogger(__name__)
 
+POLL_S = 5.0  # the longest a due delivery waits for a pass
+CONCURRENCY = 8  # deliveries sent at once
+
 T = TypeVar("T")
 
 
@@ -42,8 +45,8 @@ class WebhookDispatcher:
         secret: str,
         schedule: webhooks.RetrySchedule = webhooks.DEFAULT_SCHEDULE,
         *,
-        poll_s: float = 5.0,
-        concurrency: int = 8,
+        poll_s: float = POLL_S,
+        concurrency: int = CONCURRENCY,
         seed: int | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
         outbound: OutboundPolicy = DEFAULT_POLICY,

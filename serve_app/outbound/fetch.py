@@ -43,6 +43,13 @@ class FetchLimits:
     max_bytes: int = 500 * 1024**2
     max_redirects: int = 3
 
+    def __post_init__(self) -> None:
+        """Refuse limits that would let no download through."""
+        if min(self.timeout_s, self.connect_timeout_s, self.max_bytes) <= 0:
+            raise ValueError("fetch timeouts and max_bytes must be positive")
+        if self.max_redirects < 0:
+            raise ValueError("max_redirects must not be negative")
+
 
 class FetchError(Exception):
     """The audio could not be downloaded; the message says why in the caller's terms."""

@@ -123,14 +123,12 @@ class RetrySchedule:
     def __post_init__(self) -> None:
         if any(delay < 0 for delay in self.delays_s):
             raise ValueError(f"retry delays must not be negative, got {self.delays_s}")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be at least 0 and below 1, got {self.jitter}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
-        if self.max_retry_after_s < 0:
-            raise ValueError(
-                f"max_retry_after_s must not be negative, got {self.max_retry_after_s}"
-            )
+        if self.max_retry_after_s <= 0:
+            raise ValueError(f"max_retry_after_s must be positive, got {self.max_retry_after_s}")
 
     @property
     def max_attempts(self) -> int:

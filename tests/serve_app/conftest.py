@@ -14,13 +14,13 @@ import ray
 from ray import serve
 
 from serve_app.app import build_app
+from serve_app.http.body import UploadLimits
+from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.settings import (
     ApiKey,
     AppArgs,
     AuthSettings,
-    OutboundSettings,
     PipelineSettings,
-    UploadSettings,
     WebhookSettings,
     hash_key,
 )
@@ -87,9 +87,9 @@ def service(
                 ApiKey(name="bob", sha256=hash_key(KEY_B)),
             ),
         ),
-        uploads=UploadSettings(max_body_bytes=UPLOAD_CAP),
+        uploads=UploadLimits(max_body_bytes=UPLOAD_CAP),
         # The audio_url server and webhook receiver of these tests live on loopback.
-        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8", "::1/128")),
+        outbound=OutboundPolicy(allowed_networks=("127.0.0.0/8", "::1/128")),
         webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2, 0.2), jitter=0.0, poll_s=0.5),
         pipeline=PipelineSettings(
             lease_s=3.0, poll_s=0.5, tasks_per_replica=3, segments_in_flight=2

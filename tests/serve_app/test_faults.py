@@ -24,10 +24,10 @@ from ray import serve
 from models.run import ModelStore, separate_file
 from models.stems.routing import load_routing
 from serve_app.app import build_app, separator_name
+from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.settings import (
     AppArgs,
     LimitSettings,
-    OutboundSettings,
     PipelineSettings,
 )
 from serve_app.store.records import Status, TaskRecord
@@ -189,7 +189,7 @@ def faults_app(
         model_dir=str(model_dir),
         use_hub=False,
         public_url=f"{service.url}/{FAULTS}",
-        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8",)),
+        outbound=OutboundPolicy(allowed_networks=("127.0.0.0/8",)),
         limits=LimitSettings(max_queued_tasks=2, busy_retry_after_s=7),
         pipeline=PipelineSettings(lease_s=60.0, poll_s=0.5, tasks_per_replica=1),
     )
@@ -300,7 +300,7 @@ def disk_app(
         model_dir=str(model_dir),
         use_hub=False,
         public_url=f"{service.url}/{DISK}",
-        outbound=OutboundSettings(allowed_networks=("127.0.0.0/8",)),
+        outbound=OutboundPolicy(allowed_networks=("127.0.0.0/8",)),
         limits=LimitSettings(busy_retry_after_s=7, min_free_bytes=4 * MiB),
         pipeline=PipelineSettings(lease_s=4.0, poll_s=0.5, tasks_per_replica=1),
     )

@@ -28,19 +28,19 @@ import requests
 from av.audio.frame import AudioFrame
 from ray import serve
 
+from models.audio.decode import DecodeLimits
 from models.audio.encode import StemEncoder
 from serve_app.app import build_app
+from serve_app.http.body import UploadLimits
+from serve_app.outbound.fetch import FetchLimits
+from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.settings import (
     ApiKey,
     AppArgs,
     AuthSettings,
-    DecodeSettings,
-    FetchSettings,
     LimitSettings,
-    OutboundSettings,
     PipelineSettings,
     RetentionSettings,
-    UploadSettings,
     WebhookSettings,
     hash_key,
 )
@@ -195,12 +195,12 @@ def strict(
                 ),
             ),
         ),
-        uploads=UploadSettings(
+        uploads=UploadLimits(
             max_body_bytes=CAP, max_fields=8, max_field_bytes=1024, body_idle_timeout_s=2.0
         ),
-        fetch=FetchSettings(timeout_s=2.0, max_bytes=256 * 1024, max_redirects=2),
-        decode=DecodeSettings(max_duration_s=MAX_DURATION_S, max_decoded_bytes=64 * 1024**2),
-        outbound=OutboundSettings(allowed_networks=(f"{ALLOWED_HOST}/32",)),
+        fetch=FetchLimits(timeout_s=2.0, max_bytes=256 * 1024, max_redirects=2),
+        decode=DecodeLimits(max_duration_s=MAX_DURATION_S, max_decoded_bytes=64 * 1024**2),
+        outbound=OutboundPolicy(allowed_networks=(f"{ALLOWED_HOST}/32",)),
         limits=LimitSettings(conversions_per_minute=RATE_LIMIT),
         retention=RetentionSettings(keep_s=3.0, sweep_every_s=0.5),
         webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2,), jitter=0.0, poll_s=0.5),

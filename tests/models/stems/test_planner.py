@@ -14,7 +14,7 @@ HT = "htdemucs_6s"
 
 @pytest.fixture(scope="module")
 def default_routing() -> Routing:
-    """The routing shipped in configs/models.yaml."""
+    """The routing shipped in models/stems/models.yaml."""
     return load_routing()
 
 

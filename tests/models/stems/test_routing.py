@@ -40,9 +40,9 @@ def base_document() -> dict[str, Any]:
     }
 
 
-def test_default_path_points_at_the_repo_config() -> None:
+def test_default_path_is_package_data() -> None:
     assert DEFAULT_ROUTING_PATH.is_file()
-    assert DEFAULT_ROUTING_PATH.parts[-2:] == ("configs", "models.yaml")
+    assert DEFAULT_ROUTING_PATH.parts[-3:] == ("models", "stems", "models.yaml")
 
 
 def test_default_routing_serves_the_six_design_stems() -> None:

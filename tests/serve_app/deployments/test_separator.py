@@ -12,21 +12,22 @@ from ray import serve
 from models.engine.threads import available_cores
 from models.engine.tiling import separate_windows
 from models.families.demucs.loading import load_model
+from models.stems.routing import load_routing
 from serve_app.app import deployment
 from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
-from serve_app.settings import AppArgs
+from serve_app.settings import EngineSettings
 from tests.serve_app.service import Service
 
 
 def test_batches_follow_user_config_and_match_the_engine(service: Service, model_dir: Path) -> None:
-    args = AppArgs(model_dir=str(model_dir), use_hub=False)
+    entry = load_routing().models["htdemucs_6s"]
     bound = (
         deployment(Separator)
         .options(
             name="SeparatorUnderTest",
             user_config={"max_batch_size": 3, "batch_wait_timeout_s": 1.0},
         )
-        .bind("htdemucs_6s", args)
+        .bind(entry, EngineSettings(), model_dir=str(model_dir), use_hub=False)
     )
     handle = serve.run(bound, name="separator-under-test", route_prefix=None)
     try:

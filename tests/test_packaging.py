@@ -1,0 +1,87 @@
+"""The project as a wheel: built from a copy of its sources, installed into a fresh venv
+outside the repository, and run from a folder outside it, so that whatever the package
+needs at runtime (the default routing, models/stems/models.yaml) ships inside it.
+
+Offline: the wheel is built without build isolation and installed without its
+dependencies, which the fresh venv borrows from this one through a .pth file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.audio.encode import StemEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "models", "serve_app")
+
+pytestmark = pytest.mark.slow
+
+
+def run(*command: str | Path, cwd: Path) -> str:
+    """Run a command with no trace of this checkout on its path; its stdout."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def installed_venv(root: Path) -> Path:
+    """A fresh venv under `root` holding the project's wheel; its python."""
+    source = root / "source"
+    source.mkdir()
+    for name in SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, source / name)
+    pip = (sys.executable, "-m", "pip")
+    build = ("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", root / "dist")
+    run(*pip, *build, source, cwd=root)
+    (wheel,) = (root / "dist").glob("stemsplit-*.whl")
+    venv = root / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=root)
+    python = venv / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    purelib = Path(run(python, "-c", where, cwd=root).strip())
+    # The dependencies (torch, demucs, ...) of this venv, after the fresh one's own
+    # packages; the editable install here is a .pth file, which this does not read.
+    borrowed = [*site.getsitepackages(), sysconfig.get_path("purelib")]
+    (purelib / "borrowed-dependencies.pth").write_text("\n".join(dict.fromkeys(borrowed)))
+    run(*pip, "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel, cwd=root)
+    return python
+
+
+def test_installed_wheel_separates_with_its_packaged_routing(tmp_path: Path) -> None:
+    python = installed_venv(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = "from models.stems.routing import DEFAULT_ROUTING_PATH; print(DEFAULT_ROUTING_PATH)"
+    location = run(python, "-c", where, cwd=elsewhere)
+    assert Path(location.strip()).is_relative_to(tmp_path / "venv")
+    song = elsewhere / "song.flac"
+    samples = np.random.default_rng(0).normal(0, 0.1, size=(2, 44100)).astype(np.float32)
+    with StemEncoder(song, "flac", sample_rate=44100, channels=2, layout="stereo") as encoder:
+        encoder.write(samples)
+    run(python, "-m", "models", "make-test-model", "weights", "--small", cwd=elsewhere)
+    separate = ("separate", "song.flac", "--stems", "vocals,drums", "--out", "stems")
+    printed = run(
+        python, "-m", "models", *separate, "--model-dir", "weights", "--no-hub", cwd=elsewhere
+    )
+    assert sorted(path.name for path in (elsewhere / "stems").iterdir()) == [
+        "drums.wav",
+        "vocals.wav",
+    ]
+    assert printed.split() == ["stems/vocals.wav", "stems/drums.wav"]
