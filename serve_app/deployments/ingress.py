@@ -18,12 +18,11 @@ import json
 import logging
 import math
 import time
-import uuid
 from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from sqlalchemy.exc import OperationalError
@@ -37,13 +36,15 @@ from serve_app.deployments.health import deployment_states, model_state
 from serve_app.deployments.separator import ModelState, ModelStatus, separator_name
 from serve_app.http.auth import Authenticator, AuthError
 from serve_app.http.bodyqueue import pace_replica
+from serve_app.http.download import blob_response
 from serve_app.http.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.http.unreadbody import CloseUnreadBody
-from serve_app.http.wire import conversion, credits, eta_s, stem_file
+from serve_app.http.wire import conversion, credits, eta_s
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter, Refusal, Slot
-from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.blobs import BlobStore, LocalBlobStore
 from serve_app.store.faults import space_short, storage_fault
+from serve_app.store.layout import new_input_key, stem_file
 from serve_app.store.records import Delivery, Status, TaskRecord, TaskSpec
 from serve_app.store.tasks import (
     IdempotencyConflictError,
@@ -192,7 +193,7 @@ class Ingress:
         self.routing = load_routing(args.routing)
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
-        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
         self.app_name = serve.get_replica_context().app_name
         pace_replica()  # request bodies reach this replica only as fast as it reads them
@@ -372,8 +373,7 @@ class Ingress:
                     field="audio_file",
                 )
             suffix = PurePosixPath(form.filename or "").suffix.lower()
-            name = "audio" + (suffix if suffix in INPUT_SUFFIXES else "")
-            input_key = f"inputs/{uuid.uuid4().hex}/{name}"
+            input_key = new_input_key(suffix if suffix in INPUT_SUFFIXES else "")
             self.blobs.put_file(input_key, form.upload)
         passes = len(make_plan(form.stems, self.routing).passes)
         return TaskSpec(
@@ -438,7 +438,7 @@ class Ingress:
             return error(410, "the files of this task were deleted after the retention time")
         for stem, key in record.results.items():
             if stem_file(stem, record.spec.output_format) == name and self.blobs.exists(key):
-                return FileResponse(self.blobs.path(key), filename=name)
+                return blob_response(self.blobs, key, name)
         return error(404, "no such file")
 
     @api.get(f"{PREFIX}/stems")

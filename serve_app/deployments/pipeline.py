@@ -48,20 +48,16 @@ from models.stems.routing import Routing, load_routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
 from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
-from serve_app.http.wire import conversion, credits, stem_key
+from serve_app.http.wire import conversion, credits
 from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
-from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.blobs import BlobStore, LocalBlobStore, local_file
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
+from serve_app.store.layout import stem_key, work_folder_name
 from serve_app.store.records import Status, TaskRecord
-from serve_app.store.retention import (
-    sweep,
-    sweep_orphan_inputs,
-    sweep_work_folders,
-    work_folder_name,
-)
+from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
 from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
@@ -192,7 +188,7 @@ class Pipeline:
         self.preprocessor = preprocessor
         self.routing = load_routing(Path(args.routing))
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
-        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
         self.outbound = args.outbound.policy()
         context = serve.get_replica_context()
@@ -412,7 +408,7 @@ class Pipeline:
         await self._await_models(record, plan, lost)
         folder.mkdir(parents=True, exist_ok=True)
         if spec.input_key is not None:
-            source = self.blobs.path(spec.input_key)
+            source = await asyncio.to_thread(local_file, self.blobs, spec.input_key, folder)
         else:
             assert spec.audio_url is not None
             source = folder / "input"

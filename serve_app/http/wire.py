@@ -16,17 +16,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from serve_app.store.layout import stem_file
 from serve_app.store.records import TaskRecord
-
-
-def stem_file(stem: str, output_format: str) -> str:
-    """The file name of a stem in its task's folder and URL."""
-    return f"{stem}.{output_format}"
-
-
-def stem_key(task_id: str, stem: str, output_format: str) -> str:
-    """The blob key of a stem's file."""
-    return f"stems/{task_id}/{stem_file(stem, output_format)}"
 
 
 def file_url(public_url: str, task_id: str, name: str) -> str:

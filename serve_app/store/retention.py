@@ -15,26 +15,25 @@ expired task has no files, and no task lost its files while still served. Deleti
 idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download that looked
 the task up just before the mark may still be cut short; the window is that request's.
 
-Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
-"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`). A Pipeline
-worker computes a task in its own folder, "<task_id>-<worker>" (`work_folder_name`), and
-deletes it when done; only a worker that died skips that."""
+Each upload is assumed to belong to one task, as the ingress stores every upload in a folder
+of its own; where uploads, stems and work folders live is serve_app/store/layout.py's to say.
+Blobs are reached only through the `BlobStore` interface, so any backend can be swept. A
+Pipeline worker computes a task in its own local work folder and deletes it when done; only a
+worker that died skips that."""
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from serve_app.store.blobs import BlobStore, LocalBlobStore
+from serve_app.store.blobs import BlobStore
+from serve_app.store.layout import INPUTS, stems_prefix, upload_prefix, work_folder_owner
 from serve_app.store.records import TaskRecord
 from serve_app.store.schema import as_utc
 from serve_app.store.tasks import TaskStore
-
-INPUTS = "inputs"
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def sweep(
 
 def sweep_orphan_inputs(
     store: TaskStore,
-    blobs: LocalBlobStore,
+    blobs: BlobStore,
     *,
     older_than_s: float,
     now: datetime | None = None,
@@ -80,11 +79,11 @@ def sweep_orphan_inputs(
     request's upload; and uploads left in the spool unwritten for as long, by a request whose
     Ingress replica died while it read the body. How many uploads were deleted.
 
-    A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
-    time between storing an upload and creating its task, which is seconds.
+    `older_than_s` must exceed the time between storing an upload and creating its task,
+    which is seconds.
     """
     _check_batch(batch)
-    cutoff = (_moment(now) - _age(older_than_s)).timestamp()
+    cutoff = _moment(now) - _age(older_than_s)
     uploads = _old_uploads(blobs, cutoff)
     swept = 0
     for start in range(0, len(uploads), batch):
@@ -97,11 +96,6 @@ def sweep_orphan_inputs(
     return swept + _sweep_spool(blobs, cutoff)
 
 
-def work_folder_name(task_id: str, worker: str) -> str:
-    """The name of the folder a Pipeline `worker` computes `task_id` in."""
-    return f"{task_id}-{worker}"
-
-
 def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
     """Delete the work folders of workers that no longer hold their task: left by a Pipeline
     replica that died at work, whose task then ran again elsewhere or ended. A folder whose
@@ -110,9 +104,10 @@ def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
         return 0
     deleted = 0
     for folder in work_dir.iterdir():
-        task_id, worker = _work_folder_owner(folder.name)
-        if task_id is None or not folder.is_dir():
+        owner = work_folder_owner(folder.name)
+        if owner is None or not folder.is_dir():
             continue
+        task_id, worker = owner
         record = store.get(task_id)
         if record is None or record.lease_owner != worker:
             shutil.rmtree(folder, ignore_errors=True)
@@ -120,22 +115,12 @@ def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
     return deleted
 
 
-def _work_folder_owner(name: str) -> tuple[str | None, str]:
-    """The task id and worker a work folder's name holds; (None, "") for another name."""
-    task_id, dash, worker = name[:36], name[36:37], name[37:]
-    try:
-        uuid.UUID(task_id)
-    except ValueError:
-        return None, ""
-    return (task_id, worker) if dash == "-" and worker else (None, "")
-
-
-def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
-    """Delete the spool's uploads last written before `cutoff` (a POSIX time); how many."""
+def _sweep_spool(blobs: BlobStore, cutoff: datetime) -> int:
+    """Delete the spool's uploads last written before `cutoff`; how many."""
     deleted = 0
     for entry in blobs.spool_dir().iterdir():
         try:
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
+            if entry.is_file() and entry.stat().st_mtime < cutoff.timestamp():
                 entry.unlink()
                 deleted += 1
         except FileNotFoundError:  # its request finished and removed it meanwhile
@@ -149,29 +134,25 @@ def _delete_files(
     for record in records:
         if record.spec.input_key is not None:
             blobs.delete_prefix(record.spec.input_key)
-        blobs.delete_prefix(f"stems/{record.task_id}/")
+        blobs.delete_prefix(stems_prefix(record.task_id))
     return store.mark_files_deleted([record.task_id for record in records], now=now)
 
 
-def _old_uploads(blobs: LocalBlobStore, cutoff: float) -> list[_Upload]:
-    """Upload folders whose blobs were all last written before `cutoff` (a POSIX time)."""
-    inputs = blobs.root / INPUTS
-    if not inputs.is_dir():
-        return []
-    uploads = []
-    for folder in sorted(inputs.iterdir()):
-        # Dot names are the store's own (writers' temporary files), never blobs.
-        if folder.name.startswith(".") or not folder.is_dir():
+def _old_uploads(blobs: BlobStore, cutoff: datetime) -> list[_Upload]:
+    """Upload folders whose blobs were all last written before `cutoff`."""
+    newest: dict[str, datetime] = {}
+    keys: dict[str, list[str]] = {}
+    for blob in blobs.list_prefix(f"{INPUTS}/"):
+        prefix = upload_prefix(blob.key)
+        if prefix is None:  # a blob loose in inputs/, in no upload's folder
             continue
-        files = [
-            entry
-            for entry in folder.iterdir()
-            if entry.is_file() and not entry.name.startswith(".")
-        ]
-        if files and all(entry.stat().st_mtime < cutoff for entry in files):
-            keys = tuple(f"{INPUTS}/{folder.name}/{entry.name}" for entry in files)
-            uploads.append(_Upload(prefix=f"{INPUTS}/{folder.name}/", keys=keys))
-    return uploads
+        newest[prefix] = max(newest.get(prefix, blob.modified), blob.modified)
+        keys.setdefault(prefix, []).append(blob.key)
+    return [
+        _Upload(prefix=prefix, keys=tuple(keys[prefix]))
+        for prefix in sorted(keys)
+        if newest[prefix] < cutoff
+    ]
 
 
 def _moment(now: datetime | None) -> datetime:

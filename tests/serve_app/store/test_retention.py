@@ -1,10 +1,12 @@
-"""Tests of retention on a real SQLite task store and a local blob store: old finished tasks
-lose their input and stems and are marked, recent and unfinished ones keep everything, other
-blobs stay, a sweep that stopped part way is finished by the next, and old uploads no task
-uses are removed."""
+"""Tests of retention on a real SQLite task store and, through the blob store's key interface,
+both a local store and one without local paths (as an object store): old finished tasks lose
+their input and stems and are marked, recent and unfinished ones keep everything, other blobs
+stay, a sweep that stopped part way is finished by the next, and old uploads no task uses are
+removed."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,16 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.http.wire import stem_key
 from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.layout import stem_key, work_folder_name
 from serve_app.store.records import Status, TaskRecord, TaskSpec
-from serve_app.store.retention import (
-    sweep,
-    sweep_orphan_inputs,
-    sweep_work_folders,
-    work_folder_name,
-)
+from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
 from serve_app.store.tasks import TaskStore
+from tests.serve_app.store.keysonly import KeysOnlyBlobStore
+
+Blobs = LocalBlobStore | KeysOnlyBlobStore
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
@@ -40,28 +40,26 @@ def store(tmp_path: Path) -> Iterator[TaskStore]:
     opened.close()
 
 
-@pytest.fixture
-def blobs(tmp_path: Path) -> LocalBlobStore:
-    return LocalBlobStore(tmp_path / "blobs")
+@pytest.fixture(params=[LocalBlobStore, KeysOnlyBlobStore])
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
+    store: Blobs = request.param(tmp_path / "blobs")
+    return store
 
 
-def put(blobs: LocalBlobStore, key: str, *, written: datetime = T0) -> None:
-    with blobs.writer(key) as path:
-        path.write_bytes(key.encode())
+def put(blobs: Blobs, key: str, *, written: datetime = T0) -> None:
+    blobs.put_stream(key, io.BytesIO(key.encode()))
     stamp = written.timestamp()
-    os.utime(blobs.path(key), (stamp, stamp))
+    os.utime(blobs.root / key, (stamp, stamp))
 
 
-def submit(store: TaskStore, blobs: LocalBlobStore, name: str) -> TaskRecord:
+def submit(store: TaskStore, blobs: Blobs, name: str) -> TaskRecord:
     """A task with its uploaded input in the blob store."""
     input_key = f"inputs/{name}/audio.mp3"
     put(blobs, input_key)
     return store.create(TaskSpec(owner="local", stems=("vocals", "drums"), input_key=input_key))
 
 
-def complete(
-    store: TaskStore, blobs: LocalBlobStore, record: TaskRecord, *, finished: datetime
-) -> None:
+def complete(store: TaskStore, blobs: Blobs, record: TaskRecord, *, finished: datetime) -> None:
     """Claim and complete the task, writing its stems as the pipeline does."""
     taken = store.claim("w", 60, now=finished)
     assert taken is not None and taken.task_id == record.task_id
@@ -74,7 +72,8 @@ def complete(
     assert done is not None
 
 
-def blob_keys(blobs: LocalBlobStore) -> set[str]:
+def blob_keys(blobs: Blobs) -> set[str]:
+    """What the store's folder holds, seen on disk rather than through the interface."""
     return {
         path.relative_to(blobs.root).as_posix()
         for path in blobs.root.rglob("*")
@@ -94,7 +93,7 @@ def fresh(store: TaskStore, record: TaskRecord) -> TaskRecord:
 
 
 @pytest.fixture
-def tasks(store: TaskStore, blobs: LocalBlobStore) -> dict[str, TaskRecord]:
+def tasks(store: TaskStore, blobs: Blobs) -> dict[str, TaskRecord]:
     """Tasks of every kind a sweep at LATER with a one-hour retention meets, and other blobs."""
     made = {name: submit(store, blobs, name) for name in ("old_done", "old_failed", "recent")}
     made["processing"] = submit(store, blobs, "processing")
@@ -114,7 +113,7 @@ def tasks(store: TaskStore, blobs: LocalBlobStore) -> dict[str, TaskRecord]:
 
 
 def test_sweep_deletes_old_finished_tasks_files_and_marks_them(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     before = blob_keys(blobs)
     assert sweep(store, blobs, older_than_s=HOUR, now=LATER) == 2
@@ -139,7 +138,7 @@ def test_sweep_deletes_old_finished_tasks_files_and_marks_them(
 
 
 def test_sweeping_again_changes_nothing(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     assert sweep(store, blobs, older_than_s=HOUR, now=LATER) == 2
     after_first = blob_keys(blobs)
@@ -150,7 +149,7 @@ def test_sweeping_again_changes_nothing(
 
 
 def test_a_later_sweep_reaches_tasks_once_they_are_old_enough(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     sweep(store, blobs, older_than_s=HOUR, now=LATER)
     assert sweep(store, blobs, older_than_s=HOUR, now=LATER + timedelta(hours=1)) == 1
@@ -159,7 +158,7 @@ def test_a_later_sweep_reaches_tasks_once_they_are_old_enough(
 
 
 def test_a_sweep_finishes_tasks_marked_by_one_that_stopped(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     # What a sweep that died right after marking leaves behind: marked, files still there.
     marked = store.expire_files(LATER - timedelta(hours=1), now=LATER)
@@ -178,7 +177,7 @@ def test_a_sweep_finishes_tasks_marked_by_one_that_stopped(
 
 
 def test_a_small_batch_still_sweeps_every_old_task(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     assert sweep(store, blobs, older_than_s=HOUR, now=LATER, batch=1) == 2
     assert store.files_awaiting_deletion() == []
@@ -200,7 +199,7 @@ class WatchedBlobs(LocalBlobStore):
 
 
 def test_files_go_only_after_their_task_is_marked(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     watched = WatchedBlobs(blobs.root, store)
     assert sweep(store, watched, older_than_s=HOUR, now=LATER) == 2
@@ -217,7 +216,7 @@ def test_files_go_only_after_their_task_is_marked(
 
 @pytest.mark.parametrize("older_than_s", [0.0, -5.0])
 def test_sweep_refuses_a_retention_that_is_not_positive(
-    store: TaskStore, blobs: LocalBlobStore, older_than_s: float
+    store: TaskStore, blobs: Blobs, older_than_s: float
 ) -> None:
     with pytest.raises(ValueError, match="older_than_s"):
         sweep(store, blobs, older_than_s=older_than_s)
@@ -225,13 +224,13 @@ def test_sweep_refuses_a_retention_that_is_not_positive(
         sweep_orphan_inputs(store, blobs, older_than_s=older_than_s)
 
 
-def test_sweep_refuses_an_empty_batch(store: TaskStore, blobs: LocalBlobStore) -> None:
+def test_sweep_refuses_an_empty_batch(store: TaskStore, blobs: Blobs) -> None:
     with pytest.raises(ValueError, match="batch"):
         sweep(store, blobs, older_than_s=HOUR, batch=0)
 
 
 def test_orphan_inputs_old_and_unused_are_deleted(
-    store: TaskStore, blobs: LocalBlobStore, tasks: dict[str, TaskRecord]
+    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     put(blobs, "inputs/orphan/audio.wav", written=at(0))
     put(blobs, "inputs/young-orphan/audio.wav", written=LATER - timedelta(minutes=10))
@@ -250,7 +249,7 @@ def test_orphan_inputs_old_and_unused_are_deleted(
 
 
 def test_orphan_sweep_works_in_batches_and_on_an_empty_store(
-    store: TaskStore, blobs: LocalBlobStore
+    store: TaskStore, blobs: Blobs
 ) -> None:
     assert sweep_orphan_inputs(store, blobs, older_than_s=HOUR, now=LATER) == 0
     for number in range(5):
@@ -261,7 +260,7 @@ def test_orphan_sweep_works_in_batches_and_on_an_empty_store(
 
 
 def test_uploads_left_in_the_spool_go_once_unwritten_for_the_age(
-    store: TaskStore, blobs: LocalBlobStore
+    store: TaskStore, blobs: Blobs
 ) -> None:
     # What a request whose Ingress replica died mid-upload leaves: a partial spooled body.
     spool = blobs.spool_dir()
