@@ -45,13 +45,13 @@ from serve_app.store.admission import RateLimiter, Refusal, Slot
 from serve_app.store.blobs import BlobStore, LocalBlobStore
 from serve_app.store.faults import space_short, storage_fault
 from serve_app.store.layout import new_input_key, stem_file
-from serve_app.store.records import Delivery, Status, TaskRecord, TaskSpec
-from serve_app.store.tasks import (
+from serve_app.store.queue import (
     IdempotencyConflictError,
     IdempotencyKeyError,
-    TaskStore,
     check_idempotency_key,
 )
+from serve_app.store.records import Delivery, Status, TaskRecord, TaskSpec
+from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -256,8 +256,8 @@ class Ingress:
     ) -> tuple[JSONResponse, bool]:
         """The answer to a request that holds a rate-limit slot, and whether it created a
         task (else the slot is given back)."""
-        counts = await asyncio.to_thread(self.store.counts)
-        speed = await asyncio.to_thread(self.store.recent_speed)
+        counts = await asyncio.to_thread(self.store.statistics.counts)
+        speed = await asyncio.to_thread(self.store.statistics.recent_speed)
         queued = counts[Status.IN_QUEUE]
         if queued >= self.args.limits.max_queued_tasks:
             busy = error(
@@ -350,8 +350,8 @@ class Ingress:
         self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str | None
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is None:
-            return self.store.create(spec), True
-        return self.store.create_once(spec, idempotency_key, fingerprint)
+            return self.store.tasks.create(spec), True
+        return self.store.tasks.create_once(spec, idempotency_key, fingerprint)
 
     def _spec(self, owner: str, form: ExtractionForm, ahead: int, speed: float | None) -> TaskSpec:
         """The task to create: the upload moved into the blob store, the estimates made
@@ -412,7 +412,7 @@ class Ingress:
         record = await asyncio.to_thread(self._owned, owner, task_id, conversion_id)
         if record is None:
             return error(404, "no such task")
-        deliveries = await asyncio.to_thread(self.store.deliveries, record.task_id)
+        deliveries = await asyncio.to_thread(self.store.outbox.deliveries, record.task_id)
         body = conversion(record, self.args.public_url)
         body["files_expired"] = record.files_expired_at is not None
         body["webhook"] = [webhook_report(delivery) for delivery in deliveries]
@@ -422,9 +422,9 @@ class Ingress:
         self, owner: str, task_id: str | None, conversion_id: str | None
     ) -> TaskRecord | None:
         if task_id:
-            record = self.store.get(task_id)
+            record = self.store.tasks.get(task_id)
         else:
-            record = self.store.get_by_conversion(conversion_id or "")
+            record = self.store.tasks.get_by_conversion(conversion_id or "")
         return record if record is not None and record.spec.owner == owner else None
 
     @api.get(f"{PREFIX}/files/{{task_id}}/{{name}}")
@@ -476,7 +476,7 @@ class Ingress:
     async def _database(self) -> tuple[dict[str, int], dict[str, str]]:
         """Tasks by status, and {"database": why} when the task database does not answer."""
         try:
-            counts = await asyncio.to_thread(self.store.counts)
+            counts = await asyncio.to_thread(self.store.statistics.counts)
         except Exception as failure:
             logger.exception("health check: the task database does not answer")
             return {}, {"database": f"does not answer ({type(failure).__name__})"}

@@ -1,6 +1,6 @@
 """The Pipeline deployment: takes tasks from the database and runs each one end to end.
 
-A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
+A replica claims tasks with a lease (`TaskQueue.claim`) and renews it while it works, so
 a task whose replica died is taken again by a live one once the lease expires, and two
 replicas never run the same task. Per task: wait until the models of its plan are loaded
 (saying so in its status_msg; a model that failed to load, or that does not load within
@@ -56,9 +56,10 @@ from serve_app.settings import AppArgs
 from serve_app.store.blobs import BlobStore, LocalBlobStore, local_file
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
 from serve_app.store.layout import stem_key, work_folder_name
+from serve_app.store.queue import TaskQueue
 from serve_app.store.records import Status, TaskRecord
 from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
-from serve_app.store.tasks import TaskStore
+from serve_app.store.tasks import TaskStore, webhook_outbox
 
 logger = logging.getLogger("ray.serve")
 
@@ -141,7 +142,7 @@ def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
     return actor.options(
         name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
     ).remote(
-        functools.partial(TaskStore, args.db_url()),
+        functools.partial(webhook_outbox, args.db_url()),
         webhook_secret(args),
         args.webhooks.schedule(),
         poll_s=args.webhooks.poll_s,
@@ -211,7 +212,7 @@ class Pipeline:
         self.loop.cancel()
         for task_id in list(self.running):
             self.lost[task_id].set()  # stops the worker thread at its next segment
-            released = await asyncio.to_thread(self.store.release, task_id, self.worker)
+            released = await asyncio.to_thread(self.store.tasks.release, task_id, self.worker)
             logger.info("task %s: handed back on shutdown (%s)", task_id, released)
         for task in list(self.running.values()):
             task.cancel()
@@ -231,7 +232,7 @@ class Pipeline:
             try:
                 await self._fill()
                 self.dispatcher.wake.remote()
-                counts = await asyncio.to_thread(self.store.counts)
+                counts = await asyncio.to_thread(self.store.statistics.counts)
                 metrics.queue_length().set(counts[Status.IN_QUEUE])
                 if time.monotonic() - swept_at >= self.args.retention.sweep_every_s:
                     swept_at = time.monotonic()
@@ -249,7 +250,7 @@ class Pipeline:
             return
         while len(self.running) < self.settings.tasks_per_replica:
             record = await asyncio.to_thread(
-                self.store.claim, self.worker, self.settings.lease_s, payload=self._payload
+                self.store.tasks.claim, self.worker, self.settings.lease_s, payload=self._payload
             )
             if record is None:
                 return
@@ -274,9 +275,11 @@ class Pipeline:
         only after an hour at least: an upload becomes a task within moments), and the work
         folders of workers that died at work."""
         keep_s = self.args.retention.keep_s
-        swept = sweep(self.store, self.blobs, older_than_s=keep_s)
-        orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
-        stopped = sweep_work_folders(self.store, self.work_dir)
+        swept = sweep(self.store.files, self.blobs, older_than_s=keep_s)
+        orphans = sweep_orphan_inputs(
+            self.store.files, self.blobs, older_than_s=max(keep_s, 3600.0)
+        )
+        stopped = sweep_work_folders(self.store.tasks, self.work_dir)
         if swept or orphans or stopped:
             logger.info(
                 "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",
@@ -334,7 +337,7 @@ class Pipeline:
         which case the task keeps its claim and is taken again once its lease expires."""
         try:
             await asyncio.to_thread(
-                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
+                self.store.tasks.fail, task_id, message, worker=self.worker, payload=self._payload
             )
         except Exception as error:
             fault = storage_fault(error)
@@ -353,7 +356,7 @@ class Pipeline:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 held = await asyncio.to_thread(
-                    self.store.renew, task_id, self.worker, self.settings.lease_s
+                    self.store.tasks.renew, task_id, self.worker, self.settings.lease_s
                 )
             except Exception as error:
                 # The database may be full for a while: keep trying; the task's own next
@@ -397,7 +400,7 @@ class Pipeline:
             await self._note(record.task_id, "")
 
     async def _note(self, task_id: str, message: str) -> None:
-        if not await asyncio.to_thread(self.store.set_note, task_id, self.worker, message):
+        if not await asyncio.to_thread(self.store.tasks.set_note, task_id, self.worker, message):
             raise LeaseLostError()
 
     async def _process(
@@ -435,7 +438,7 @@ class Pipeline:
             overlap=self.args.engine.overlap,
             shifts=self.args.engine.shifts,
         )
-        progress = _ProgressWriter(self.store, record.task_id, self.worker, lost)
+        progress = _ProgressWriter(self.store.tasks, record.task_id, self.worker, lost)
         paths = await asyncio.to_thread(
             write_stems,
             plan,
@@ -452,7 +455,7 @@ class Pipeline:
             await asyncio.to_thread(self.blobs.put_file, key, path)
             results[stem] = key
         final = await asyncio.to_thread(
-            self.store.complete,
+            self.store.tasks.complete,
             record.task_id,
             self.worker,
             results,
@@ -470,8 +473,8 @@ class _ProgressWriter:
     """Writes a task's progress at most once a second; stops the work (from the worker
     thread it is called in) once the lease is lost."""
 
-    def __init__(self, store: TaskStore, task_id: str, worker: str, lost: asyncio.Event) -> None:
-        self.store = store
+    def __init__(self, tasks: TaskQueue, task_id: str, worker: str, lost: asyncio.Event) -> None:
+        self.tasks = tasks
         self.task_id = task_id
         self.worker = worker
         self.lost = lost
@@ -485,5 +488,5 @@ class _ProgressWriter:
             return
         self.written_at = now
         # The separation is most of the work; storing the stems is the rest.
-        if not self.store.set_progress(self.task_id, self.worker, 0.95 * fraction):
+        if not self.tasks.set_progress(self.task_id, self.worker, 0.95 * fraction):
             raise LeaseLostError()

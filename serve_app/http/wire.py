@@ -6,7 +6,7 @@ decimals (at submission from the duration the file's header declares; the final
 `conversion_cost` from the decoded duration). The eta is the duration x seconds of work
 per audio second x model passes in the plan, times (1 + tasks queued ahead / tasks the
 pipeline runs at once). Seconds of work per audio second come from this deployment's
-last finished tasks (`TaskStore.recent_speed`), or from the configured prior until it
+last finished tasks (`TaskStatistics.recent_speed`), or from the configured prior until it
 has finished any. Without a duration (an `audio_url` not yet fetched) the eta is -1 and
 the credit estimate 0.
 """

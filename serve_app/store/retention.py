@@ -3,7 +3,7 @@ stems), uploads that no task came to use, and what a crashed process left behind
 upload in the spool, a Pipeline worker's folder), so that the data folder does not grow
 forever.
 
-Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
+Why this order: a sweep first marks a task's files expired in the ledger (`expire_files`), then
 deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
 ever served while its files go: the ingress must treat `files_expired_at` as "files gone" and
 list or serve none. Deleting first would let a reader find an unmarked task whose files are
@@ -26,14 +26,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from serve_app.store.blobs import BlobStore
 from serve_app.store.layout import INPUTS, stems_prefix, upload_prefix, work_folder_owner
+from serve_app.store.ledger import FileLedger
+from serve_app.store.queue import TaskQueue
 from serve_app.store.records import TaskRecord
-from serve_app.store.schema import as_utc
-from serve_app.store.tasks import TaskStore
+from serve_app.store.schema import utc_moment
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class _Upload:
 
 
 def sweep(
-    store: TaskStore,
+    ledger: FileLedger,
     blobs: BlobStore,
     *,
     older_than_s: float,
@@ -55,19 +56,19 @@ def sweep(
     """Delete the input and stems of every task final for more than `older_than_s` seconds,
     `batch` tasks at a time; how many tasks lost their files in this sweep."""
     _check_batch(batch)
-    moment = _moment(now)
+    moment = utc_moment(now)
     cutoff = moment - _age(older_than_s)
     swept = 0
     # Tasks marked by a sweep that stopped part way come first, so that none stays behind.
-    while left := store.files_awaiting_deletion(limit=batch):
-        swept += _delete_files(store, blobs, left, moment)
-    while expired := store.expire_files(cutoff, limit=batch, now=moment):
-        swept += _delete_files(store, blobs, expired, moment)
+    while left := ledger.files_awaiting_deletion(limit=batch):
+        swept += _delete_files(ledger, blobs, left, moment)
+    while expired := ledger.expire_files(cutoff, limit=batch, now=moment):
+        swept += _delete_files(ledger, blobs, expired, moment)
     return swept
 
 
 def sweep_orphan_inputs(
-    store: TaskStore,
+    ledger: FileLedger,
     blobs: BlobStore,
     *,
     older_than_s: float,
@@ -83,12 +84,12 @@ def sweep_orphan_inputs(
     which is seconds.
     """
     _check_batch(batch)
-    cutoff = _moment(now) - _age(older_than_s)
+    cutoff = utc_moment(now) - _age(older_than_s)
     uploads = _old_uploads(blobs, cutoff)
     swept = 0
     for start in range(0, len(uploads), batch):
         chunk = uploads[start : start + batch]
-        in_use = store.input_keys_in_use([key for upload in chunk for key in upload.keys])
+        in_use = ledger.input_keys_in_use([key for upload in chunk for key in upload.keys])
         for upload in chunk:
             if in_use.isdisjoint(upload.keys):
                 blobs.delete_prefix(upload.prefix)
@@ -96,7 +97,7 @@ def sweep_orphan_inputs(
     return swept + _sweep_spool(blobs, cutoff)
 
 
-def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
+def sweep_work_folders(tasks: TaskQueue, work_dir: Path) -> int:
     """Delete the work folders of workers that no longer hold their task: left by a Pipeline
     replica that died at work, whose task then ran again elsewhere or ended. A folder whose
     worker holds its task is in use and stays. How many were deleted."""
@@ -108,7 +109,7 @@ def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
         if owner is None or not folder.is_dir():
             continue
         task_id, worker = owner
-        record = store.get(task_id)
+        record = tasks.get(task_id)
         if record is None or record.lease_owner != worker:
             shutil.rmtree(folder, ignore_errors=True)
             deleted += 1
@@ -129,13 +130,13 @@ def _sweep_spool(blobs: BlobStore, cutoff: datetime) -> int:
 
 
 def _delete_files(
-    store: TaskStore, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
+    ledger: FileLedger, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
 ) -> int:
     for record in records:
         if record.spec.input_key is not None:
             blobs.delete_prefix(record.spec.input_key)
         blobs.delete_prefix(stems_prefix(record.task_id))
-    return store.mark_files_deleted([record.task_id for record in records], now=now)
+    return ledger.mark_files_deleted([record.task_id for record in records], now=now)
 
 
 def _old_uploads(blobs: BlobStore, cutoff: datetime) -> list[_Upload]:
@@ -153,10 +154,6 @@ def _old_uploads(blobs: BlobStore, cutoff: datetime) -> list[_Upload]:
         for prefix in sorted(keys)
         if newest[prefix] < cutoff
     ]
-
-
-def _moment(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else as_utc(now)
 
 
 def _age(older_than_s: float) -> timedelta:
