@@ -28,7 +28,7 @@ from serve_app.settings import AppArgs
 from serve_app.store.blobs import LocalBlobStore
 from serve_app.store.faults import log_loop_failure
 from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
-from serve_app.store.tasks import TaskStore
+from serve_app.store.tasks import TaskStore, webhook_outbox
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,7 +40,7 @@ def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
     return actor.options(
         name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
     ).remote(
-        functools.partial(TaskStore, args.db_url()),
+        functools.partial(webhook_outbox, args.db_url()),
         webhook_secret(args),
         args.webhooks,
         poll_s=args.webhooks.poll_s,
@@ -114,9 +114,11 @@ class Housekeeping:
         only after an hour at least: an upload becomes a task within moments), and the work
         folders of workers that died at work."""
         keep_s = self.retention.keep_s
-        swept = sweep(self.store, self.blobs, older_than_s=keep_s)
-        orphans = sweep_orphan_inputs(self.store, self.blobs, older_than_s=max(keep_s, 3600.0))
-        stopped = sweep_work_folders(self.store, self.work_dir)
+        swept = sweep(self.store.files, self.blobs, older_than_s=keep_s)
+        orphans = sweep_orphan_inputs(
+            self.store.files, self.blobs, older_than_s=max(keep_s, 3600.0)
+        )
+        stopped = sweep_work_folders(self.store.tasks, self.work_dir)
         if swept or orphans or stopped:
             logger.info(
                 "retention: deleted the files of %d tasks, %d unused uploads, %d work folders",

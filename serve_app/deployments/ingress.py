@@ -18,12 +18,11 @@ import json
 import logging
 import math
 import time
-import uuid
 from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from sqlalchemy.exc import OperationalError
@@ -37,20 +36,22 @@ from serve_app.deployments.health import deployment_states, model_state
 from serve_app.deployments.separator import ModelState, ModelStatus, separator_name
 from serve_app.http.auth import Authenticator, AuthError
 from serve_app.http.bodyqueue import pace_replica
+from serve_app.http.download import blob_response
 from serve_app.http.form import ExtractionForm, FormError, form_error_response, read_extraction_form
 from serve_app.http.unreadbody import CloseUnreadBody
-from serve_app.http.wire import conversion, credits, eta_s, stem_file
+from serve_app.http.wire import conversion, credits, eta_s
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter, Refusal, Slot
-from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.blobs import BlobStore, LocalBlobStore
 from serve_app.store.faults import space_short, storage_fault
-from serve_app.store.records import Delivery, Status, TaskRecord, TaskSpec
-from serve_app.store.tasks import (
+from serve_app.store.layout import new_input_key, stem_file
+from serve_app.store.queue import (
     IdempotencyConflictError,
     IdempotencyKeyError,
-    TaskStore,
     check_idempotency_key,
 )
+from serve_app.store.records import Delivery, Status, TaskRecord, TaskSpec
+from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -193,7 +194,7 @@ class Ingress:
         self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
-        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
         self.app_name = serve.get_replica_context().app_name
         pace_replica()  # request bodies reach this replica only as fast as it reads them
@@ -256,8 +257,8 @@ class Ingress:
     ) -> tuple[JSONResponse, bool]:
         """The answer to a request that holds a rate-limit slot, and whether it created a
         task (else the slot is given back)."""
-        counts = await asyncio.to_thread(self.store.counts)
-        speed = await asyncio.to_thread(self.store.recent_speed)
+        counts = await asyncio.to_thread(self.store.statistics.counts)
+        speed = await asyncio.to_thread(self.store.statistics.recent_speed)
         queued = counts[Status.IN_QUEUE]
         if queued >= self.args.limits.max_queued_tasks:
             busy = error(
@@ -350,8 +351,8 @@ class Ingress:
         self, spec: TaskSpec, idempotency_key: str | None, fingerprint: str | None
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is None:
-            return self.store.create(spec), True
-        return self.store.create_once(spec, idempotency_key, fingerprint)
+            return self.store.tasks.create(spec), True
+        return self.store.tasks.create_once(spec, idempotency_key, fingerprint)
 
     def _spec(self, owner: str, form: ExtractionForm, ahead: int, speed: float | None) -> TaskSpec:
         """The task to create: the upload moved into the blob store, the estimates made
@@ -373,8 +374,7 @@ class Ingress:
                     field="audio_file",
                 )
             suffix = PurePosixPath(form.filename or "").suffix.lower()
-            name = "audio" + (suffix if suffix in INPUT_SUFFIXES else "")
-            input_key = f"inputs/{uuid.uuid4().hex}/{name}"
+            input_key = new_input_key(suffix if suffix in INPUT_SUFFIXES else "")
             self.blobs.put_file(input_key, form.upload)
         passes = len(make_plan(form.stems, self.routing).passes)
         return TaskSpec(
@@ -413,7 +413,7 @@ class Ingress:
         record = await asyncio.to_thread(self._owned, owner, task_id, conversion_id)
         if record is None:
             return error(404, "no such task")
-        deliveries = await asyncio.to_thread(self.store.deliveries, record.task_id)
+        deliveries = await asyncio.to_thread(self.store.outbox.deliveries, record.task_id)
         body = conversion(record, self.args.public_url)
         body["files_expired"] = record.files_expired_at is not None
         body["webhook"] = [webhook_report(delivery) for delivery in deliveries]
@@ -423,9 +423,9 @@ class Ingress:
         self, owner: str, task_id: str | None, conversion_id: str | None
     ) -> TaskRecord | None:
         if task_id:
-            record = self.store.get(task_id)
+            record = self.store.tasks.get(task_id)
         else:
-            record = self.store.get_by_conversion(conversion_id or "")
+            record = self.store.tasks.get_by_conversion(conversion_id or "")
         return record if record is not None and record.spec.owner == owner else None
 
     @api.get(f"{PREFIX}/files/{{task_id}}/{{name}}")
@@ -439,7 +439,7 @@ class Ingress:
             return error(410, "the files of this task were deleted after the retention time")
         for stem, key in record.results.items():
             if stem_file(stem, record.spec.output_format) == name and self.blobs.exists(key):
-                return FileResponse(self.blobs.path(key), filename=name)
+                return blob_response(self.blobs, key, name)
         return error(404, "no such file")
 
     @api.get(f"{PREFIX}/stems")
@@ -477,7 +477,7 @@ class Ingress:
     async def _database(self) -> tuple[dict[str, int], dict[str, str]]:
         """Tasks by status, and {"database": why} when the task database does not answer."""
         try:
-            counts = await asyncio.to_thread(self.store.counts)
+            counts = await asyncio.to_thread(self.store.statistics.counts)
         except Exception as failure:
             logger.exception("health check: the task database does not answer")
             return {}, {"database": f"does not answer ({type(failure).__name__})"}

@@ -1,6 +1,6 @@
 """The Pipeline deployment: takes tasks from the database and runs each one end to end.
 
-A replica claims tasks with a lease (`TaskStore.claim`) and renews it while it works, so
+A replica claims tasks with a lease (`TaskQueue.claim`) and renews it while it works, so
 a task whose replica died is taken again by a live one once the lease expires, and two
 replicas never run the same task. Per task: plan it (`TrackJob.of`), wait until the models
 of its plan are loaded (saying so in its status_msg; a model that failed to load, or that
@@ -48,13 +48,14 @@ from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
 from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
-from serve_app.http.wire import conversion, credits, stem_key
+from serve_app.http.wire import conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.settings import AppArgs
-from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.blobs import BlobStore, LocalBlobStore, local_file
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
+from serve_app.store.layout import stem_key, work_folder_name
+from serve_app.store.queue import TaskQueue
 from serve_app.store.records import Status, TaskRecord
-from serve_app.store.retention import work_folder_name
 from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
@@ -167,7 +168,7 @@ class Pipeline:
         self.housekeeping = housekeeping
         self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
-        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
         self.outbound = args.outbound
         context = serve.get_replica_context()
@@ -189,7 +190,7 @@ class Pipeline:
         self.loop.cancel()
         for task_id in list(self.running):
             self.lost[task_id].set()  # stops the worker thread at its next segment
-            released = await asyncio.to_thread(self.store.release, task_id, self.worker)
+            released = await asyncio.to_thread(self.store.tasks.release, task_id, self.worker)
             logger.info("task %s: handed back on shutdown (%s)", task_id, released)
         for task in list(self.running.values()):
             task.cancel()
@@ -207,7 +208,7 @@ class Pipeline:
         while True:
             try:
                 await self._fill()
-                counts = await asyncio.to_thread(self.store.counts)
+                counts = await asyncio.to_thread(self.store.statistics.counts)
                 metrics.queue_length().set(counts[Status.IN_QUEUE])
             except Exception as error:
                 log_loop_failure(logger, "pipeline claim loop (database call)", error)
@@ -222,7 +223,7 @@ class Pipeline:
             return
         while len(self.running) < self.settings.tasks_per_replica:
             record = await asyncio.to_thread(
-                self.store.claim, self.worker, self.settings.lease_s, payload=self._payload
+                self.store.tasks.claim, self.worker, self.settings.lease_s, payload=self._payload
             )
             if record is None:
                 return
@@ -291,7 +292,7 @@ class Pipeline:
         which case the task keeps its claim and is taken again once its lease expires."""
         try:
             await asyncio.to_thread(
-                self.store.fail, task_id, message, worker=self.worker, payload=self._payload
+                self.store.tasks.fail, task_id, message, worker=self.worker, payload=self._payload
             )
         except Exception as error:
             fault = storage_fault(error)
@@ -310,7 +311,7 @@ class Pipeline:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 held = await asyncio.to_thread(
-                    self.store.renew, task_id, self.worker, self.settings.lease_s
+                    self.store.tasks.renew, task_id, self.worker, self.settings.lease_s
                 )
             except Exception as error:
                 # The database may be full for a while: keep trying; the task's own next
@@ -354,7 +355,7 @@ class Pipeline:
             await self._note(record.task_id, "")
 
     async def _note(self, task_id: str, message: str) -> None:
-        if not await asyncio.to_thread(self.store.set_note, task_id, self.worker, message):
+        if not await asyncio.to_thread(self.store.tasks.set_note, task_id, self.worker, message):
             raise LeaseLostError()
 
     async def _process(
@@ -367,7 +368,7 @@ class Pipeline:
         await self._await_models(record, job.plan, lost)
         folder.mkdir(parents=True, exist_ok=True)
         if spec.input_key is not None:
-            source = self.blobs.path(spec.input_key)
+            source = await asyncio.to_thread(local_file, self.blobs, spec.input_key, folder)
         else:
             assert spec.audio_url is not None
             source = folder / "input"
@@ -391,7 +392,7 @@ class Pipeline:
             limits=self.args.decode,
             clean=RemoteCleaner(self.preprocessor, record.task_id),
             options=options,
-            on_progress=_ProgressWriter(self.store, record.task_id, self.worker, lost),
+            on_progress=_ProgressWriter(self.store.tasks, record.task_id, self.worker, lost),
             on_warning=warn,
         )
         results = {}
@@ -400,7 +401,7 @@ class Pipeline:
             await asyncio.to_thread(self.blobs.put_file, key, path)
             results[stem] = key
         final = await asyncio.to_thread(
-            self.store.complete,
+            self.store.tasks.complete,
             record.task_id,
             self.worker,
             results,
@@ -418,8 +419,8 @@ class _ProgressWriter:
     """Writes a task's progress at most once a second; stops the work (from the worker
     thread it is called in) once the lease is lost."""
 
-    def __init__(self, store: TaskStore, task_id: str, worker: str, lost: asyncio.Event) -> None:
-        self.store = store
+    def __init__(self, tasks: TaskQueue, task_id: str, worker: str, lost: asyncio.Event) -> None:
+        self.tasks = tasks
         self.task_id = task_id
         self.worker = worker
         self.lost = lost
@@ -433,5 +434,5 @@ class _ProgressWriter:
             return
         self.written_at = now
         # The separation is most of the work; storing the stems is the rest.
-        if not self.store.set_progress(self.task_id, self.worker, 0.95 * fraction):
+        if not self.tasks.set_progress(self.task_id, self.worker, 0.95 * fraction):
             raise LeaseLostError()

@@ -6,7 +6,7 @@ decimals (at submission from the duration the file's header declares; the final
 `conversion_cost` from the decoded duration). The eta is the duration x seconds of work
 per audio second x model passes in the plan, times (1 + tasks queued ahead / tasks the
 pipeline runs at once). Seconds of work per audio second come from this deployment's
-last finished tasks (`TaskStore.recent_speed`), or from the configured prior until it
+last finished tasks (`TaskStatistics.recent_speed`), or from the configured prior until it
 has finished any. Without a duration (an `audio_url` not yet fetched) the eta is -1 and
 the credit estimate 0.
 """
@@ -16,17 +16,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from serve_app.store.layout import stem_file
 from serve_app.store.records import TaskRecord
-
-
-def stem_file(stem: str, output_format: str) -> str:
-    """The file name of a stem in its task's folder and URL."""
-    return f"{stem}.{output_format}"
-
-
-def stem_key(task_id: str, stem: str, output_format: str) -> str:
-    """The blob key of a stem's file."""
-    return f"stems/{task_id}/{stem_file(stem, output_format)}"
 
 
 def file_url(public_url: str, task_id: str, name: str) -> str:

@@ -1,8 +1,10 @@
 """The blob store: where uploaded audio and extracted stems live, behind a small interface
-(`BlobStore`) so that a local folder now and an object store later are interchangeable. Keys
-are relative POSIX paths such as "inputs/<task_id>/audio.mp3"; a key that could leave the
-store's root is refused. Blobs appear whole or not at all: writes go to a temporary file in
-the blob's own folder and are moved into place only once complete."""
+(`BlobStore`) that speaks keys only, so that a local folder now and an object store later
+are interchangeable. Keys are relative POSIX paths such as "inputs/<upload>/audio.mp3"
+(serve_app/store/layout.py says which); a key that could leave the store's root is refused.
+A caller sees a local path only where it asks for one (`local_path`, `spool_dir`). Blobs
+appear whole or not at all: a local write goes to a temporary file in the blob's own folder
+and is moved into place only once complete."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 SPOOL = ".spool"
 
@@ -34,19 +38,28 @@ class BlobMissingError(LookupError):
         super().__init__(f"no blob under key {key!r}: it was never written or has been deleted")
 
 
+@dataclass(frozen=True)
+class BlobEntry:
+    """One stored blob, as a listing names it."""
+
+    key: str
+    size: int
+    modified: datetime  # when it was last written, in UTC
+
+
 class BlobStore(Protocol):
     """What the service needs from a place to keep audio files."""
 
-    def writer(self, key: str) -> AbstractContextManager[Path]:
-        """A path to write to; the blob appears under `key` only if the block succeeds."""
-        ...
-
     def put_file(self, key: str, source: Path) -> None:
-        """Move a finished local file in under `key`."""
+        """Move a finished local file in under `key`; `source` is gone afterwards."""
         ...
 
-    def path(self, key: str) -> Path:
-        """A readable local path of the blob; BlobMissingError if absent."""
+    def put_stream(self, key: str, source: BinaryIO) -> None:
+        """Store what `source` reads, to its end, under `key`; nothing appears if it fails."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """The blob, open for reading; BlobMissingError if absent."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -57,40 +70,30 @@ class BlobStore(Protocol):
         """The blob's size in bytes; BlobMissingError if absent."""
         ...
 
+    def list_prefix(self, prefix: str) -> Iterator[BlobEntry]:
+        """Every blob whose key starts with `prefix` (a string prefix), in key order."""
+        ...
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob whose key starts with `prefix`; how many were deleted."""
         ...
 
+    def local_path(self, key: str) -> Path | None:
+        """A readable local file of the blob where the backend keeps one, else None;
+        BlobMissingError if absent."""
+        ...
+
     def spool_dir(self) -> Path:
-        """A folder for uploads in progress, from which `put_file` moves cheaply."""
+        """A local folder for uploads in progress, from which `put_file` moves cheaply."""
         ...
 
 
 class LocalBlobStore:
-    """Blobs as files under one root folder."""
+    """Blobs as files under one root folder; a key's segments are its folders and name."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-
-    @contextmanager
-    def writer(self, key: str) -> Iterator[Path]:
-        """A temporary path beside the blob, moved under `key` when the block exits cleanly;
-        on an error it is removed and nothing appears."""
-        target = self._locate(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # The key's own name ends the temporary one so that writers that pick a format by
-        # suffix (".mp3", ".flac") still do.
-        temporary = target.with_name(f".{uuid.uuid4().hex}.{target.name}")
-        try:
-            yield temporary
-            if not temporary.is_file():
-                raise FileNotFoundError(f"nothing was written for blob key {key!r}")
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            self._prune(target.parent)
-            raise
 
     def put_file(self, key: str, source: Path) -> None:
         """Move `source` in under `key`: a rename on the same filesystem, else a copy that
@@ -102,16 +105,21 @@ class LocalBlobStore:
         except OSError as error:
             if error.errno != errno.EXDEV:
                 raise
-            with self.writer(key) as temporary:
+            with self._writing(key) as temporary:
                 shutil.copyfile(source, temporary)
             source.unlink()
 
-    def path(self, key: str) -> Path:
-        """The blob's file; BlobMissingError if absent."""
-        target = self._locate(key)
-        if not target.is_file():
-            raise BlobMissingError(key)
-        return target
+    def put_stream(self, key: str, source: BinaryIO) -> None:
+        """Copy `source` to its end into a temporary file, then move it in under `key`."""
+        with self._writing(key) as temporary, temporary.open("wb") as sink:
+            shutil.copyfileobj(source, sink)
+
+    def open(self, key: str) -> BinaryIO:
+        """The blob's file, open for reading; BlobMissingError if absent."""
+        try:
+            return self._file(key).open("rb")
+        except FileNotFoundError as error:  # deleted between the look and the open
+            raise BlobMissingError(key) from error
 
     def exists(self, key: str) -> bool:
         """Whether a blob is stored under `key`."""
@@ -119,13 +127,71 @@ class LocalBlobStore:
 
     def size(self, key: str) -> int:
         """The blob's size in bytes; BlobMissingError if absent."""
-        return self.path(key).stat().st_size
+        return self._file(key).stat().st_size
+
+    def list_prefix(self, prefix: str) -> Iterator[BlobEntry]:
+        """Every blob whose key starts with `prefix`, in key order; the store's own files
+        (the spool, writers' temporary files) are not blobs and are never listed."""
+        _, entries = self._prefix_entries(prefix)
+        files = {
+            path.relative_to(self.root).as_posix(): path
+            for entry in entries
+            for path in _files_in(entry)
+        }
+        for key in sorted(files):
+            try:
+                stat = files[key].stat()
+            except FileNotFoundError:  # deleted since the look
+                continue
+            yield BlobEntry(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob whose key starts with `prefix` (string prefix, as object stores
         do: "outputs/ab" covers "outputs/abc/x"); folders left empty go too."""
         if prefix.strip("/") == "":
             raise BlobKeyError(prefix, "it would delete the whole store")
+        folder, entries = self._prefix_entries(prefix)
+        deleted = sum(_delete_tree(entry) for entry in entries)
+        self._prune(folder)
+        return deleted
+
+    def local_path(self, key: str) -> Path:
+        """The blob's file; BlobMissingError if absent."""
+        return self._file(key)
+
+    def spool_dir(self) -> Path:
+        """root/.spool, on the store's filesystem so that `put_file` is a rename."""
+        spool = self.root / SPOOL
+        spool.mkdir(exist_ok=True)
+        return spool
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[Path]:
+        """A temporary path beside the blob, moved under `key` when the block exits cleanly;
+        on an error it is removed and nothing appears."""
+        target = self._locate(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{uuid.uuid4().hex}.{target.name}")
+        try:
+            yield temporary
+            if not temporary.is_file():
+                raise FileNotFoundError(f"nothing was written for blob key {key!r}")
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            self._prune(target.parent)
+            raise
+
+    def _file(self, key: str) -> Path:
+        """The blob's file; BlobMissingError if absent."""
+        target = self._locate(key)
+        if not target.is_file():
+            raise BlobMissingError(key)
+        return target
+
+    def _prefix_entries(self, prefix: str) -> tuple[Path, list[Path]]:
+        """The folder a prefix ends in and its entries (files or folders) whose names
+        start as the prefix's last segment does; none of the store's own."""
         if prefix.startswith("/"):
             raise BlobKeyError(prefix, "it is absolute; keys are relative to the store")
         folder_key, _, name_start = prefix.rpartition("/")
@@ -133,20 +199,13 @@ class LocalBlobStore:
         if name_start:
             _check_segment(prefix, name_start)
         if not folder.is_dir():
-            return 0
-        deleted = 0
-        for entry in folder.iterdir():
-            if entry.name.startswith(".") or not entry.name.startswith(name_start):
-                continue
-            deleted += _delete_tree(entry)
-        self._prune(folder)
-        return deleted
-
-    def spool_dir(self) -> Path:
-        """root/.spool, on the store's filesystem so that `put_file` is a rename."""
-        spool = self.root / SPOOL
-        spool.mkdir(exist_ok=True)
-        return spool
+            return folder, []
+        entries = [
+            entry
+            for entry in folder.iterdir()
+            if not entry.name.startswith(".") and entry.name.startswith(name_start)
+        ]
+        return folder, entries
 
     def _locate(self, key: str) -> Path:
         """The file for `key`, refusing any key that could name something outside the root."""
@@ -182,6 +241,18 @@ def _check_segment(key: str, segment: str) -> None:
         raise BlobKeyError(key, "a segment starts with '.', which the store reserves")
 
 
+def _files_in(entry: Path) -> list[Path]:
+    """The blobs in `entry` (a file or a folder); writers' temporary files left out."""
+    if entry.is_symlink() or entry.is_file():
+        return [entry]
+    return [
+        Path(folder, name)
+        for folder, _, names in os.walk(entry)
+        for name in names
+        if not name.startswith(".")
+    ]
+
+
 def _delete_tree(entry: Path) -> int:
     """Delete the blobs in `entry` (a file or a folder); temporary files of writers still
     at work are left alone."""
@@ -201,3 +272,16 @@ def _delete_tree(entry: Path) -> int:
     with suppress(OSError):
         entry.rmdir()
     return deleted
+
+
+def local_file(blobs: BlobStore, key: str, folder: Path) -> Path:
+    """A local file of the blob for tools that read files (the decoder): the store's own
+    where it keeps one, else a copy in `folder` named as the key ends. BlobMissingError if
+    absent."""
+    path = blobs.local_path(key)
+    if path is not None:
+        return path
+    copy = folder / key.rpartition("/")[2]
+    with blobs.open(key) as blob, copy.open("wb") as sink:
+        shutil.copyfileobj(blob, sink)
+    return copy

@@ -3,7 +3,7 @@ stems), uploads that no task came to use, and what a crashed process left behind
 upload in the spool, a Pipeline worker's folder), so that the data folder does not grow
 forever.
 
-Why this order: a sweep first marks a task's files expired in the store (`expire_files`), then
+Why this order: a sweep first marks a task's files expired in the ledger (`expire_files`), then
 deletes them, then records them deleted (`mark_files_deleted`). Marking first means no task is
 ever served while its files go: the ingress must treat `files_expired_at` as "files gone" and
 list or serve none. Deleting first would let a reader find an unmarked task whose files are
@@ -15,26 +15,26 @@ expired task has no files, and no task lost its files while still served. Deleti
 idempotent, so a sweep run twice, or two sweeps at once, do no harm. A download that looked
 the task up just before the mark may still be cut short; the window is that request's.
 
-Each upload is assumed to belong to one task, as the ingress stores every upload under a fresh
-"inputs/<uuid>/" folder; stems live under "stems/<task_id>/" (`conversion.stem_key`). A Pipeline
-worker computes a task in its own folder, "<task_id>-<worker>" (`work_folder_name`), and
-deletes it when done; only a worker that died skips that."""
+Each upload is assumed to belong to one task, as the ingress stores every upload in a folder
+of its own; where uploads, stems and work folders live is serve_app/store/layout.py's to say.
+Blobs are reached only through the `BlobStore` interface, so any backend can be swept. A
+Pipeline worker computes a task in its own local work folder and deletes it when done; only a
+worker that died skips that."""
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from serve_app.store.blobs import BlobStore, LocalBlobStore
+from serve_app.store.blobs import BlobStore
+from serve_app.store.layout import INPUTS, stems_prefix, upload_prefix, work_folder_owner
+from serve_app.store.ledger import FileLedger
+from serve_app.store.queue import TaskQueue
 from serve_app.store.records import TaskRecord
-from serve_app.store.schema import as_utc
-from serve_app.store.tasks import TaskStore
-
-INPUTS = "inputs"
+from serve_app.store.schema import utc_moment
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class _Upload:
 
 
 def sweep(
-    store: TaskStore,
+    ledger: FileLedger,
     blobs: BlobStore,
     *,
     older_than_s: float,
@@ -56,20 +56,20 @@ def sweep(
     """Delete the input and stems of every task final for more than `older_than_s` seconds,
     `batch` tasks at a time; how many tasks lost their files in this sweep."""
     _check_batch(batch)
-    moment = _moment(now)
+    moment = utc_moment(now)
     cutoff = moment - _age(older_than_s)
     swept = 0
     # Tasks marked by a sweep that stopped part way come first, so that none stays behind.
-    while left := store.files_awaiting_deletion(limit=batch):
-        swept += _delete_files(store, blobs, left, moment)
-    while expired := store.expire_files(cutoff, limit=batch, now=moment):
-        swept += _delete_files(store, blobs, expired, moment)
+    while left := ledger.files_awaiting_deletion(limit=batch):
+        swept += _delete_files(ledger, blobs, left, moment)
+    while expired := ledger.expire_files(cutoff, limit=batch, now=moment):
+        swept += _delete_files(ledger, blobs, expired, moment)
     return swept
 
 
 def sweep_orphan_inputs(
-    store: TaskStore,
-    blobs: LocalBlobStore,
+    ledger: FileLedger,
+    blobs: BlobStore,
     *,
     older_than_s: float,
     now: datetime | None = None,
@@ -80,16 +80,16 @@ def sweep_orphan_inputs(
     request's upload; and uploads left in the spool unwritten for as long, by a request whose
     Ingress replica died while it read the body. How many uploads were deleted.
 
-    A local store only: the `BlobStore` protocol cannot list. `older_than_s` must exceed the
-    time between storing an upload and creating its task, which is seconds.
+    `older_than_s` must exceed the time between storing an upload and creating its task,
+    which is seconds.
     """
     _check_batch(batch)
-    cutoff = (_moment(now) - _age(older_than_s)).timestamp()
+    cutoff = utc_moment(now) - _age(older_than_s)
     uploads = _old_uploads(blobs, cutoff)
     swept = 0
     for start in range(0, len(uploads), batch):
         chunk = uploads[start : start + batch]
-        in_use = store.input_keys_in_use([key for upload in chunk for key in upload.keys])
+        in_use = ledger.input_keys_in_use([key for upload in chunk for key in upload.keys])
         for upload in chunk:
             if in_use.isdisjoint(upload.keys):
                 blobs.delete_prefix(upload.prefix)
@@ -97,12 +97,7 @@ def sweep_orphan_inputs(
     return swept + _sweep_spool(blobs, cutoff)
 
 
-def work_folder_name(task_id: str, worker: str) -> str:
-    """The name of the folder a Pipeline `worker` computes `task_id` in."""
-    return f"{task_id}-{worker}"
-
-
-def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
+def sweep_work_folders(tasks: TaskQueue, work_dir: Path) -> int:
     """Delete the work folders of workers that no longer hold their task: left by a Pipeline
     replica that died at work, whose task then ran again elsewhere or ended. A folder whose
     worker holds its task is in use and stays. How many were deleted."""
@@ -110,32 +105,23 @@ def sweep_work_folders(store: TaskStore, work_dir: Path) -> int:
         return 0
     deleted = 0
     for folder in work_dir.iterdir():
-        task_id, worker = _work_folder_owner(folder.name)
-        if task_id is None or not folder.is_dir():
+        owner = work_folder_owner(folder.name)
+        if owner is None or not folder.is_dir():
             continue
-        record = store.get(task_id)
+        task_id, worker = owner
+        record = tasks.get(task_id)
         if record is None or record.lease_owner != worker:
             shutil.rmtree(folder, ignore_errors=True)
             deleted += 1
     return deleted
 
 
-def _work_folder_owner(name: str) -> tuple[str | None, str]:
-    """The task id and worker a work folder's name holds; (None, "") for another name."""
-    task_id, dash, worker = name[:36], name[36:37], name[37:]
-    try:
-        uuid.UUID(task_id)
-    except ValueError:
-        return None, ""
-    return (task_id, worker) if dash == "-" and worker else (None, "")
-
-
-def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
-    """Delete the spool's uploads last written before `cutoff` (a POSIX time); how many."""
+def _sweep_spool(blobs: BlobStore, cutoff: datetime) -> int:
+    """Delete the spool's uploads last written before `cutoff`; how many."""
     deleted = 0
     for entry in blobs.spool_dir().iterdir():
         try:
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
+            if entry.is_file() and entry.stat().st_mtime < cutoff.timestamp():
                 entry.unlink()
                 deleted += 1
         except FileNotFoundError:  # its request finished and removed it meanwhile
@@ -144,38 +130,30 @@ def _sweep_spool(blobs: LocalBlobStore, cutoff: float) -> int:
 
 
 def _delete_files(
-    store: TaskStore, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
+    ledger: FileLedger, blobs: BlobStore, records: Sequence[TaskRecord], now: datetime
 ) -> int:
     for record in records:
         if record.spec.input_key is not None:
             blobs.delete_prefix(record.spec.input_key)
-        blobs.delete_prefix(f"stems/{record.task_id}/")
-    return store.mark_files_deleted([record.task_id for record in records], now=now)
+        blobs.delete_prefix(stems_prefix(record.task_id))
+    return ledger.mark_files_deleted([record.task_id for record in records], now=now)
 
 
-def _old_uploads(blobs: LocalBlobStore, cutoff: float) -> list[_Upload]:
-    """Upload folders whose blobs were all last written before `cutoff` (a POSIX time)."""
-    inputs = blobs.root / INPUTS
-    if not inputs.is_dir():
-        return []
-    uploads = []
-    for folder in sorted(inputs.iterdir()):
-        # Dot names are the store's own (writers' temporary files), never blobs.
-        if folder.name.startswith(".") or not folder.is_dir():
+def _old_uploads(blobs: BlobStore, cutoff: datetime) -> list[_Upload]:
+    """Upload folders whose blobs were all last written before `cutoff`."""
+    newest: dict[str, datetime] = {}
+    keys: dict[str, list[str]] = {}
+    for blob in blobs.list_prefix(f"{INPUTS}/"):
+        prefix = upload_prefix(blob.key)
+        if prefix is None:  # a blob loose in inputs/, in no upload's folder
             continue
-        files = [
-            entry
-            for entry in folder.iterdir()
-            if entry.is_file() and not entry.name.startswith(".")
-        ]
-        if files and all(entry.stat().st_mtime < cutoff for entry in files):
-            keys = tuple(f"{INPUTS}/{folder.name}/{entry.name}" for entry in files)
-            uploads.append(_Upload(prefix=f"{INPUTS}/{folder.name}/", keys=keys))
-    return uploads
-
-
-def _moment(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else as_utc(now)
+        newest[prefix] = max(newest.get(prefix, blob.modified), blob.modified)
+        keys.setdefault(prefix, []).append(blob.key)
+    return [
+        _Upload(prefix=prefix, keys=tuple(keys[prefix]))
+        for prefix in sorted(keys)
+        if newest[prefix] < cutoff
+    ]
 
 
 def _age(older_than_s: float) -> timedelta:

@@ -39,6 +39,7 @@ from sqlalchemy.schema import CreateColumn
 
 from serve_app.store.faults import reconnect_after
 from serve_app.store.records import (
+    FINAL,
     Attempt,
     Delivery,
     DeliveryState,
@@ -48,6 +49,8 @@ from serve_app.store.records import (
 )
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+FINAL_VALUES = [status.value for status in FINAL]
+"""The `status` column's values of a final task."""
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -70,6 +73,11 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{moment.isoformat()} has no time zone: pass an aware UTC datetime")
     return moment.astimezone(UTC)
+
+
+def utc_moment(now: datetime | None) -> datetime:
+    """`now` in UTC, or the current time when None."""
+    return datetime.now(UTC) if now is None else as_utc(now)
 
 
 metadata = MetaData()

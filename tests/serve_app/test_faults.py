@@ -242,7 +242,7 @@ def test_graceful_shutdown_hands_tasks_back_and_a_restart_finishes_them(
     wait_running(FAULTS, [task_id])
     serve.delete(FAULTS)  # graceful: Serve calls the Pipeline's __del__
     store = TaskStore(args.db_url())
-    record = store.get(task_id)
+    record = store.tasks.get(task_id)
     assert record is not None
     # No task left PROCESSING without a live lease: it is back in the queue.
     assert record.status == Status.IN_QUEUE and record.lease_owner is None
@@ -252,7 +252,7 @@ def test_graceful_shutdown_hands_tasks_back_and_a_restart_finishes_them(
     assert conversion["status"] == "COMPLETED"
     # Taken again at once, not after the 60 s lease, and not counted as a crash.
     assert time.monotonic() - started < 60
-    finished = store.get(task_id)
+    finished = store.tasks.get(task_id)
     assert finished is not None and finished.claims == 1
 
 
@@ -276,7 +276,7 @@ class DiskApp:
 
     def task(self, task_id: str) -> TaskRecord:
         """The task's row, read straight from the database."""
-        record = TaskStore(self.args.db_url()).get(task_id)
+        record = TaskStore(self.args.db_url()).tasks.get(task_id)
         assert record is not None
         return record
 

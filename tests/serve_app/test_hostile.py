@@ -584,7 +584,7 @@ def test_idempotency_key_returns_the_first_task(strict: Strict, tmp_path: Path) 
     blobs = Path(strict.args.data_dir) / "blobs"
     kept = {path.relative_to(blobs).as_posix() for path in (blobs / "inputs").rglob("*.wav")}
     assert kept
-    assert TaskStore(strict.args.db_url()).input_keys_in_use(kept) == kept
+    assert TaskStore(strict.args.db_url()).files.input_keys_in_use(kept) == kept
 
 
 # Row 12: rate limits per key.

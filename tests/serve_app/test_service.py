@@ -259,7 +259,7 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
         return [folder.name for folder in work.glob(f"{task_id}-*")]
 
     def running_in_its_folder() -> bool:
-        record = store.get(task_id)
+        record = store.tasks.get(task_id)
         assert record is not None and record.status.value in ("IN_QUEUE", "PROCESSING")
         return task_id in pipeline.running_tasks.remote().result() and bool(work_folders())
 
@@ -281,9 +281,9 @@ def test_pipeline_replica_killed_mid_task_still_completes(service: Service, tmp_
     )
     conversion = wait_final(service, task_id, timeout_s=240)
     assert conversion["status"] == "COMPLETED", conversion["status_msg"]
-    record = TaskStore(service.args.db_url()).get(task_id)
+    record = TaskStore(service.args.db_url()).tasks.get(task_id)
     assert record is not None and record.claims == 2
     # The killed worker's folder outlives it (a crash skips its clean-up) until a sweep
     # takes it (a replica's own, or this one): its worker no longer holds the task.
-    sweep_work_folders(store, work)
+    sweep_work_folders(store.tasks, work)
     assert work_folders() == []

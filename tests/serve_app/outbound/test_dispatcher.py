@@ -20,6 +20,7 @@ from aiohttp import web
 from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.outbound.webhooks import RetrySchedule, new_secret, verify
+from serve_app.store.outbox import WebhookOutbox
 from serve_app.store.records import Attempt, Delivery, DeliveryState, TaskRecord, TaskSpec
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.loopback import serve_on_loopback
@@ -30,19 +31,20 @@ SHORT = RetrySchedule(delays_s=(0.05, 0.05), jitter=0.0, timeout_s=2.0)
 WAIT_S = 5.0  # generous upper bound for anything here; the tests take milliseconds
 
 
-class Outbox(TaskStore):
-    """The real task store on a SQLite file. `add` queues a webhook the way a finished
-    task does; `polled` is set after each look for due deliveries, the tests' one view
-    into the dispatcher's loop."""
+class Outbox(WebhookOutbox):
+    """The real outbox of a task store on a SQLite file. `add` queues a webhook the way a
+    finished task does; `polled` is set after each look for due deliveries, the tests' one
+    view into the dispatcher's loop."""
 
     def __init__(self, folder: Path) -> None:
-        super().__init__(f"sqlite:///{folder / 'tasks.db'}")
+        self.store = TaskStore(f"sqlite:///{folder / 'tasks.db'}")
+        super().__init__(self.store.engine)
         self.polled = threading.Event()
         self._task_of: dict[str, str] = {}
 
     def add(self, url: str) -> Delivery:
         """A task that completes with `url` as its webhook; its delivery, now due."""
-        record = self.create(
+        record = self.store.tasks.create(
             TaskSpec(
                 owner="alice",
                 stems=("drums",),
@@ -56,8 +58,11 @@ class Outbox(TaskStore):
                 credit_estimate=0.0,
             )
         )
-        assert self.claim("test", 60.0) is not None
-        self.complete(record.task_id, "test", {}, duration_s=1.0, conversion_cost=0.0, payload=body)
+        tasks = self.store.tasks
+        assert tasks.claim("test", 60.0) is not None
+        tasks.complete(
+            record.task_id, "test", {}, duration_s=1.0, conversion_cost=0.0, payload=body
+        )
         (delivery,) = self.deliveries(record.task_id)
         self._task_of[delivery.delivery_id] = record.task_id
         return delivery
@@ -71,6 +76,9 @@ class Outbox(TaskStore):
         due = super().due_deliveries(now, limit)
         self.polled.set()
         return due
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def body(record: TaskRecord) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from serve_app.store.admission import RateLimiter, Refusal, Slot
 from serve_app.store.tasks import TaskStore
-from tests.serve_app.store.builders import at
+from tests.serve_app.store.taskdb import at
 
 
 def database(tmp_path: Path) -> str:

@@ -1,15 +1,27 @@
-"""Tests of the local blob store: whole-or-nothing writes, moving files in, lookups, deleting by
-prefix, and keys that try to leave the store's root."""
+"""Tests of the blob store's key interface on the local store: whole-or-nothing writes from a
+stream, moving files in, reading, sizes, listing and deleting by prefix, local paths where a
+store has them, and keys that try to leave the store's root."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from serve_app.store.blobs import BlobKeyError, BlobMissingError, BlobStore, LocalBlobStore
+from serve_app.store.blobs import (
+    BlobEntry,
+    BlobKeyError,
+    BlobMissingError,
+    BlobStore,
+    LocalBlobStore,
+    local_file,
+)
+from tests.serve_app.store.keysonly import KeysOnlyBlobStore
 
 KEY = "inputs/task-1/audio.mp3"
 
@@ -27,47 +39,61 @@ def files_under(folder: Path) -> list[str]:
 def test_the_local_store_is_a_blob_store(store: LocalBlobStore) -> None:
     typed: BlobStore = store  # mypy checks that the class implements the protocol
     assert typed.exists(KEY) is False
+    keys_only: BlobStore = KeysOnlyBlobStore(store.root)  # and so does the tests' object store
+    assert keys_only.exists(KEY) is False
 
 
-def test_writer_publishes_the_blob_when_the_block_succeeds(store: LocalBlobStore) -> None:
-    with store.writer(KEY) as temporary:
-        assert temporary.parent == store.root / "inputs" / "task-1"
-        assert temporary.suffix == ".mp3"  # encoders that go by suffix still work
-        temporary.write_bytes(b"ID3 audio")
-        assert not store.exists(KEY)  # not visible until the block ends
-    assert store.path(KEY).read_bytes() == b"ID3 audio"
+class FailingStream(io.BytesIO):
+    """A stream that yields `first` and then fails, as a dropped connection does; `midway`
+    runs once the first block is read."""
+
+    def __init__(self, first: bytes, midway: Callable[[], None] = lambda: None) -> None:
+        super().__init__(first)
+        self.midway = midway
+        self.served = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.served:
+            self.midway()
+            raise ConnectionResetError("the upload stopped")
+        self.served = True
+        return super().read(size)
+
+
+def test_put_stream_stores_what_the_stream_reads(store: LocalBlobStore) -> None:
+    store.put_stream(KEY, io.BytesIO(b"ID3 audio"))
+    with store.open(KEY) as blob:
+        assert blob.read() == b"ID3 audio"
     assert files_under(store.root) == ["inputs", "inputs/task-1", "inputs/task-1/audio.mp3"]
 
 
-def test_writer_replaces_an_existing_blob(store: LocalBlobStore) -> None:
+def test_put_stream_replaces_an_existing_blob(store: LocalBlobStore) -> None:
     for content in (b"first", b"second"):
-        with store.writer(KEY) as temporary:
-            temporary.write_bytes(content)
-    assert store.path(KEY).read_bytes() == b"second"
+        store.put_stream(KEY, io.BytesIO(content))
+    assert store.local_path(KEY).read_bytes() == b"second"
 
 
-def test_an_error_in_the_writer_leaves_nothing(store: LocalBlobStore) -> None:
-    with pytest.raises(RuntimeError, match="encoder crashed"), store.writer(KEY) as temporary:
-        temporary.write_bytes(b"half a file")
-        raise RuntimeError("encoder crashed")
+def test_a_stream_that_fails_leaves_nothing(store: LocalBlobStore) -> None:
+    seen: list[bool] = []
+    stream = FailingStream(b"half a file", midway=lambda: seen.append(store.exists(KEY)))
+    with pytest.raises(ConnectionResetError):
+        store.put_stream(KEY, stream)
+    assert seen == [False]  # not visible while it is written
     assert not store.exists(KEY)
     assert files_under(store.root) == []
 
 
-def test_an_error_keeps_the_previous_blob(store: LocalBlobStore) -> None:
-    with store.writer(KEY) as temporary:
-        temporary.write_bytes(b"good")
-    with pytest.raises(RuntimeError), store.writer(KEY) as temporary:
-        temporary.write_bytes(b"bad")
-        raise RuntimeError("encoder crashed")
-    assert store.path(KEY).read_bytes() == b"good"
+def test_a_failed_stream_keeps_the_previous_blob(store: LocalBlobStore) -> None:
+    store.put_stream(KEY, io.BytesIO(b"good"))
+    with pytest.raises(ConnectionResetError):
+        store.put_stream(KEY, FailingStream(b"bad"))
+    assert store.local_path(KEY).read_bytes() == b"good"
     assert files_under(store.root) == ["inputs", "inputs/task-1", "inputs/task-1/audio.mp3"]
 
 
-def test_a_writer_that_writes_nothing_fails(store: LocalBlobStore) -> None:
-    with pytest.raises(FileNotFoundError, match="nothing was written"), store.writer(KEY):
-        pass
-    assert files_under(store.root) == []
+def test_an_empty_stream_stores_an_empty_blob(store: LocalBlobStore) -> None:
+    store.put_stream(KEY, io.BytesIO(b""))
+    assert store.size(KEY) == 0
 
 
 def test_put_file_moves_a_spooled_upload_in(store: LocalBlobStore) -> None:
@@ -76,8 +102,8 @@ def test_put_file_moves_a_spooled_upload_in(store: LocalBlobStore) -> None:
     before = os.stat(upload).st_ino
     store.put_file(KEY, upload)
     assert not upload.exists()
-    assert store.path(KEY).read_bytes() == b"uploaded audio"
-    assert os.stat(store.path(KEY)).st_ino == before  # renamed, not copied
+    assert store.local_path(KEY).read_bytes() == b"uploaded audio"
+    assert os.stat(store.local_path(KEY)).st_ino == before  # renamed, not copied
 
 
 def test_put_file_copies_across_filesystems(store: LocalBlobStore) -> None:
@@ -88,7 +114,7 @@ def test_put_file_copies_across_filesystems(store: LocalBlobStore) -> None:
     source.write_bytes(b"audio from elsewhere")
     try:
         store.put_file(KEY, source)
-        assert store.path(KEY).read_bytes() == b"audio from elsewhere"
+        assert store.local_path(KEY).read_bytes() == b"audio from elsewhere"
         assert not source.exists()
         assert files_under(store.root) == ["inputs", "inputs/task-1", "inputs/task-1/audio.mp3"]
     finally:
@@ -101,26 +127,91 @@ def test_put_file_of_a_missing_source_fails(store: LocalBlobStore, tmp_path: Pat
     assert not store.exists(KEY)
 
 
-def test_path_exists_and_size(store: LocalBlobStore) -> None:
+def test_exists_size_open_and_local_path(store: LocalBlobStore) -> None:
     assert not store.exists(KEY)
+    lookups: list[Callable[[str], object]] = [store.local_path, store.size, store.open]
     with pytest.raises(BlobMissingError, match=re.escape(KEY)) as missing:
-        store.path(KEY)
+        store.local_path(KEY)
     assert missing.value.key == KEY
-    with pytest.raises(BlobMissingError):
-        store.size(KEY)
-    with store.writer(KEY) as temporary:
-        temporary.write_bytes(b"x" * 1234)
+    for lookup in lookups:
+        with pytest.raises(BlobMissingError):
+            lookup(KEY)
+    store.put_stream(KEY, io.BytesIO(b"x" * 1234))
     assert store.exists(KEY)
     assert store.size(KEY) == 1234
-    assert store.path(KEY) == store.root / "inputs" / "task-1" / "audio.mp3"
+    with store.open(KEY) as blob:
+        assert blob.read() == b"x" * 1234
+    assert store.local_path(KEY) == store.root / "inputs" / "task-1" / "audio.mp3"
     assert not store.exists("inputs/task-1")  # a folder is not a blob
+    for lookup in lookups:
+        with pytest.raises(BlobMissingError):
+            lookup("inputs/task-1")
+
+
+def put(store: BlobStore, key: str) -> None:
+    store.put_stream(key, io.BytesIO(key.encode()))
+
+
+def test_local_file_is_the_stores_own_where_it_keeps_one(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    put(store, KEY)
+    work = tmp_path / "work"
+    work.mkdir()
+    assert local_file(store, KEY, work) == store.local_path(KEY)
+    assert list(work.iterdir()) == []
+
+
+def test_local_file_copies_from_a_store_without_paths(tmp_path: Path) -> None:
+    store = KeysOnlyBlobStore(tmp_path / "blobs")
+    put(store, KEY)
+    assert store.local_path(KEY) is None
+    work = tmp_path / "work"
+    work.mkdir()
+    copy = local_file(store, KEY, work)
+    assert copy == work / "audio.mp3"
+    assert copy.read_bytes() == KEY.encode()
     with pytest.raises(BlobMissingError):
-        store.path("inputs/task-1")
+        local_file(store, "inputs/task-2/audio.mp3", work)
 
 
-def put(store: LocalBlobStore, key: str) -> None:
-    with store.writer(key) as temporary:
-        temporary.write_bytes(key.encode())
+def test_list_prefix_names_blobs_in_key_order_with_sizes(store: LocalBlobStore) -> None:
+    for key in ("outputs/t2/vocals.wav", "outputs/t1/x/bass.wav", "outputs/t1/drums.wav"):
+        put(store, key)
+    put(store, "outputs/t10/vocals.wav")
+    put(store, "inputs/u1/audio.mp3")
+    stamp = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    os.utime(store.local_path("outputs/t2/vocals.wav"), (stamp.timestamp(),) * 2)
+    listed = list(store.list_prefix("outputs/t"))
+    assert [entry.key for entry in listed] == [
+        "outputs/t1/drums.wav",
+        "outputs/t1/x/bass.wav",
+        "outputs/t10/vocals.wav",
+        "outputs/t2/vocals.wav",
+    ]
+    assert listed[-1] == BlobEntry("outputs/t2/vocals.wav", len(b"outputs/t2/vocals.wav"), stamp)
+    assert [entry.key for entry in store.list_prefix("outputs/t1/")] == [
+        "outputs/t1/drums.wav",
+        "outputs/t1/x/bass.wav",
+    ]
+    assert [entry.key for entry in store.list_prefix("outputs/t1/drums.wav")] == [
+        "outputs/t1/drums.wav"
+    ]
+    assert len(list(store.list_prefix(""))) == 5
+    assert list(store.list_prefix("missing/")) == []
+
+
+def test_list_prefix_skips_the_spool_and_writers_at_work(store: LocalBlobStore) -> None:
+    (store.spool_dir() / "upload-1").write_bytes(b"arriving")
+    put(store, "outputs/t1/drums.wav")
+    listed: list[list[str]] = []
+
+    def look() -> None:
+        listed.append([entry.key for entry in store.list_prefix("")])
+
+    with pytest.raises(ConnectionResetError):
+        store.put_stream("outputs/t1/vocals.wav", FailingStream(b"being written", midway=look))
+    assert listed == [["outputs/t1/drums.wav"]]
 
 
 def test_delete_prefix_removes_a_tasks_blobs_and_its_folders(store: LocalBlobStore) -> None:
@@ -152,12 +243,17 @@ def test_delete_prefix_matches_like_an_object_store(store: LocalBlobStore) -> No
 def test_delete_prefix_spares_the_spool_and_writers_at_work(store: LocalBlobStore) -> None:
     upload = store.spool_dir() / "upload-1"
     upload.write_bytes(b"arriving")
-    with store.writer("outputs/t1/vocals.wav") as temporary:
-        temporary.write_bytes(b"being written")
-        assert store.delete_prefix("outputs/") == 0
-        assert temporary.read_bytes() == b"being written"
+    deleted: list[int] = []
+
+    class Arriving(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            deleted.append(store.delete_prefix("outputs/"))  # while the writer is at work
+            return super().read(size)
+
+    store.put_stream("outputs/t1/vocals.wav", Arriving(b"being written"))
+    assert deleted[0] == 0
     assert upload.read_bytes() == b"arriving"
-    assert store.exists("outputs/t1/vocals.wav")
+    assert store.local_path("outputs/t1/vocals.wav").read_bytes() == b"being written"
 
 
 def test_spool_dir_is_inside_the_root(store: LocalBlobStore) -> None:
@@ -189,8 +285,8 @@ def test_keys_that_could_escape_are_refused(store: LocalBlobStore, key: str) -> 
     with pytest.raises(ValueError, match="invalid blob key"):
         store.put_file(key, source)
     with pytest.raises(BlobKeyError):
-        store.writer(key).__enter__()
-    for lookup in (store.path, store.exists, store.size):
+        store.put_stream(key, io.BytesIO(b"audio"))
+    for lookup in (store.local_path, store.exists, store.size, store.open):
         with pytest.raises(BlobKeyError):
             lookup(key)
     assert source.exists()
@@ -203,3 +299,6 @@ def test_prefixes_that_could_escape_are_refused(store: LocalBlobStore, prefix: s
     with pytest.raises(BlobKeyError):
         store.delete_prefix(prefix)
     assert store.exists(KEY)
+    if prefix:  # "" lists the whole store, which is fine to read
+        with pytest.raises(BlobKeyError):
+            list(store.list_prefix(prefix))

@@ -26,7 +26,7 @@ from serve_app.store.faults import reconnect_after, space_short, sqlite_code, st
 from serve_app.store.records import Status
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log
-from tests.serve_app.store.builders import spec
+from tests.serve_app.store.taskdb import spec
 
 MiB = 1 << 20
 Mount = Callable[[Path, int], SmallDisk]
@@ -113,21 +113,21 @@ def test_a_full_database_disk_fails_writes_cleanly_and_recovers(
 ) -> None:
     disk = small_disk(tmp_path / "db", 2 * MiB)
     store = TaskStore(f"sqlite:///{disk.folder / 'tasks.db'}")
-    kept = store.create(spec())
+    kept = store.tasks.create(spec())
     empty_write_ahead_log(disk.folder / "tasks.db")
     disk.fill()
     with pytest.raises(OperationalError) as raised:
-        store.create(spec())
+        store.tasks.create(spec())
     assert sqlite_code(raised.value.orig) == 13  # SQLITE_FULL
     assert storage_fault(raised.value) == "the task database's disk is full"
     answer = answer_of(raised.value)  # as any ingress route would answer it
     assert answer.status_code == 503
     assert "the task database's disk is full" in json.loads(bytes(answer.body))["error"]
-    assert store.counts()[Status.IN_QUEUE] == 1  # reads go on; nothing half-written
+    assert store.statistics.counts()[Status.IN_QUEUE] == 1  # reads go on; nothing half-written
     disk.empty()
-    store.create(spec())
-    assert store.counts()[Status.IN_QUEUE] == 2
-    assert store.get(kept.task_id) is not None
+    store.tasks.create(spec())
+    assert store.statistics.counts()[Status.IN_QUEUE] == 2
+    assert store.tasks.get(kept.task_id) is not None
 
 
 def test_a_database_that_could_not_be_written_works_again_once_mended(
@@ -136,17 +136,17 @@ def test_a_database_that_could_not_be_written_works_again_once_mended(
     disk = small_disk(tmp_path / "db", 2 * MiB)
     path = disk.folder / "tasks.db"
     store = TaskStore(f"sqlite:///{path}")
-    store.create(spec())
+    store.tasks.create(spec())
     # Another process keeps the database open, so its write-ahead log stays.
     with closing(sqlite3.connect(path)) as other:
         other.execute("SELECT count(*) FROM tasks").fetchone()
         store.close()  # the store's next connection opens while the files are immutable
         disk.freeze()
         with pytest.raises(OperationalError) as raised:
-            store.create(spec())
+            store.tasks.create(spec())
         assert storage_fault(raised.value) == "the task database cannot be written"
         assert reconnect_after(raised.value.orig)
         disk.thaw()
         # SQLite opened that connection read-only for good; the pool must replace it.
-        store.create(spec())
-    assert store.counts()[Status.IN_QUEUE] == 2
+        store.tasks.create(spec())
+    assert store.statistics.counts()[Status.IN_QUEUE] == 2
