@@ -29,7 +29,9 @@ from ray.serve.handle import DeploymentHandle
 from sqlalchemy.exc import OperationalError
 
 from models.audio.decode import probe_duration
+from models.audio.encode import FORMATS
 from models.errors import AudioError
+from models.preprocess.catalogue import STEPS
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
 from models.stems.planner import make_plan
 from models.stems.routing import load_routing
@@ -86,10 +88,10 @@ EXTRACTION_BODY: dict[str, Any] = {
                         },
                         "preprocessing_options": {
                             "type": "string",
-                            "description": "JSON list from Denoise, Deecho, Dereverb",
+                            "description": "JSON list from " + ", ".join(STEPS),
                         },
                         "webhook_url": {"type": "string"},
-                        "output_format": {"type": "string", "enum": ["wav", "flac", "mp3"]},
+                        "output_format": {"type": "string", "enum": list(FORMATS)},
                     },
                 }
             }
@@ -451,8 +453,8 @@ class Ingress:
                 "groups": {group: list(names) for group, names in STEM_GROUPS.items()},
                 "served": list(self.routing.served_stems()),
                 "default": list(DEFAULT_STEMS),
-                "preprocessing_options": ["Denoise", "Deecho", "Dereverb"],
-                "output_formats": ["wav", "flac", "mp3"],
+                "preprocessing_options": list(STEPS),
+                "output_formats": list(FORMATS),
             }
         )
 

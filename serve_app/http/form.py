@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from models.audio.encode import FORMATS
 from models.errors import PreprocessError, StemError
-from models.preprocess.steps import STEPS, parse_steps
+from models.preprocess.catalogue import STEPS, parse_steps
 from models.stems.planner import make_plan
 from models.stems.routing import Routing
 from serve_app.http.body import (
