@@ -33,7 +33,7 @@ from models.audio.encode import FORMATS
 from models.errors import AudioError
 from models.preprocess.catalogue import STEPS
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
-from models.stems.planner import make_plan
+from models.stems.planner import Plan
 from models.stems.routing import load_routing
 from serve_app.deployments.health import deployment_states, model_state
 from serve_app.deployments.separator import ModelState, ModelStatus, separator_name
@@ -275,7 +275,7 @@ class Ingress:
             request, self.routing, spool, self.args.uploads.limits(), self.args.outbound.policy()
         )
         try:
-            missing = await self._unavailable_model(form.stems)
+            missing = await self._unavailable_model(form.plan)
             if missing is not None:
                 retry = str(math.ceil(self.args.engine.model_retry_s))
                 return error(503, missing, headers={"Retry-After": retry}), False
@@ -319,10 +319,10 @@ class Ingress:
         )
         return answer, created
 
-    async def _unavailable_model(self, stems: tuple[str, ...]) -> str | None:
-        """Why a model the stems need cannot serve, if one cannot. A model still loading,
+    async def _unavailable_model(self, plan: Plan) -> str | None:
+        """Why a model the plan needs cannot serve, if one cannot. A model still loading,
         or whose replica has not answered yet, can: the task waits for it."""
-        models = sorted({step.model for step in make_plan(stems, self.routing).passes})
+        models = sorted({step.model for step in plan.passes})
         states = await asyncio.gather(*(self._model_state(model) for model in models))
         failed = [state.reason for state in states if state.status == ModelStatus.FAILED]
         return failed[0] if failed else None
@@ -377,7 +377,7 @@ class Ingress:
             name = "audio" + (suffix if suffix in INPUT_SUFFIXES else "")
             input_key = f"inputs/{uuid.uuid4().hex}/{name}"
             self.blobs.put_file(input_key, form.upload)
-        passes = len(make_plan(form.stems, self.routing).passes)
+        passes = len(form.plan.passes)
         return TaskSpec(
             owner=owner,
             stems=form.stems,

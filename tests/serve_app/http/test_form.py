@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
+from models.stems.planner import make_plan
 from models.stems.routing import Routing, load_routing
 from serve_app.http.form import (
     FormError,
@@ -62,6 +63,8 @@ def make_app(spool_dir: Path, limits: UploadLimits) -> Starlette:
         except FormError as error:
             return form_error_response(error)
         fields = asdict(form)
+        assert form.plan == make_plan(form.stems, ROUTING)  # planned once, here
+        fields["stems"] = fields.pop("plan")["stems"]
         fields["upload"] = None if form.upload is None else str(form.upload)
         return JSONResponse(fields)
 
