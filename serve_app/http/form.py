@@ -4,8 +4,8 @@
 limits (serve_app/http/body.py: the file part goes straight to the spool folder), then
 checks every field: the stems against the stem catalogue and this deployment's routing,
 planning them once for the whole request; the preprocessing steps, the output formats and
-the outbound URL policy. Anything it refuses raises FormError, whose status and message
-`form_error_response` turns into the JSON body MusicGPT's clients expect.
+the outbound URL policy. Anything it refuses raises FormError, which carries its status
+(serve_app/http/errors.py answers it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from models.audio.encode import FORMATS
 from models.errors import PreprocessError, StemError
@@ -59,13 +58,6 @@ class ExtractionForm:
     def stems(self) -> tuple[str, ...]:
         """The stems asked for (the defaults when none were), in the order they were asked."""
         return self.plan.stems
-
-
-def form_error_response(error: FormError) -> JSONResponse:
-    """The HTTP response for a refused request, shaped like MusicGPT's error bodies."""
-    return JSONResponse(
-        {"success": False, "error": str(error), "field": error.field}, status_code=error.status
-    )
 
 
 async def read_extraction_form(
