@@ -54,7 +54,7 @@ def test_settings_come_from_stemsplit_proxy_variables() -> None:
 
 def test_other_versions_of_ray_or_uvicorn_are_refused() -> None:
     check_versions(installed_versions())
-    with pytest.raises(RuntimeError, match=r"found ray 2\.61\.0: check serve_app/connguard"):
+    with pytest.raises(RuntimeError, match=r"found ray 2\.61\.0: check serve_app/http/connguard"):
         check_versions({**installed_versions(), "ray": "2.61.0"})
     with pytest.raises(RuntimeError, match=r"found uvicorn 0\.55\.1"):
         check_versions({**installed_versions(), "uvicorn": "0.55.1"})
