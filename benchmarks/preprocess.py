@@ -20,8 +20,9 @@ import tracemalloc
 import numpy as np
 import numpy.typing as npt
 
+from models.preprocess.catalogue import STEPS
 from models.preprocess.denoise import DenoiseOptions, denoise
-from models.preprocess.steps import STEPS, preprocess
+from models.preprocess.steps import preprocess
 from models.testing.quality import echo_level_db, energy_db, sdr_db, snr_improvement_db
 from models.testing.synth import add_echo, add_noise, render_music, reverberate, room_impulse
 

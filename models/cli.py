@@ -22,7 +22,8 @@ from models.audio.encode import FORMATS, StemEncoder
 from models.engine.tiling import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
 from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
-from models.preprocess.steps import STEPS, parse_steps, preprocess
+from models.preprocess.catalogue import STEPS, parse_steps
+from models.preprocess.steps import preprocess
 from models.run import EngineOptions, ModelStore, check_format, separate_file
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
 from models.stems.routing import DEFAULT_ROUTING_PATH, load_routing

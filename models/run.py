@@ -40,7 +40,8 @@ from models.engine.tiling import (
 )
 from models.errors import AudioError
 from models.families.demucs.loading import load_model
-from models.preprocess.steps import parse_steps, preprocess
+from models.preprocess.catalogue import parse_steps
+from models.preprocess.steps import preprocess
 from models.stems.catalogue import MIXTURE
 from models.stems.derive import Combination, expand
 from models.stems.planner import Pass, Plan, make_plan

@@ -5,7 +5,8 @@ order a caller lists them in, they run in that fixed order, because each assumes
 one before it has run (echo detection is thrown off by broadband noise, and WPE
 mistakes a discrete echo for reverberation). Each step lives in its own module as a
 pure function of (samples, sample rate, options); this module only orders them and
-checks that every step kept the shape of the audio.
+checks that every step kept the shape of the audio; their names live in
+models/preprocess/catalogue.py.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.audio.samples import Samples
-from models.errors import PreprocessError
+from models.preprocess.catalogue import parse_steps
 from models.preprocess.deecho import DeechoOptions, deecho
 from models.preprocess.denoise import DenoiseOptions, denoise
 from models.preprocess.dereverb import DereverbOptions, dereverb
-
-STEPS = ("Denoise", "Deecho", "Dereverb")
 
 
 @dataclass(frozen=True)
@@ -31,23 +30,6 @@ class PreprocessOptions:
     denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
     deecho: DeechoOptions = field(default_factory=DeechoOptions)
     dereverb: DereverbOptions = field(default_factory=DereverbOptions)
-
-
-def parse_steps(value: Sequence[str] | None) -> tuple[str, ...]:
-    """Validate step names (any letter case) and return them in the order they run."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        raise PreprocessError("preprocessing steps must be a list of names, not one string")
-    canonical = {step.lower(): step for step in STEPS}
-    unknown = [name for name in value if str(name).lower() not in canonical]
-    if unknown:
-        raise PreprocessError(
-            f"unknown preprocessing step(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(STEPS)}"
-        )
-    asked = {canonical[name.lower()] for name in value}
-    return tuple(step for step in STEPS if step in asked)
 
 
 def preprocess(

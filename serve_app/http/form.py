@@ -2,10 +2,10 @@
 
 `read_extraction_form` reads the body of `POST /api/public/v1/Extraction` within its
 limits (serve_app/http/body.py: the file part goes straight to the spool folder), then
-checks every field against the stem catalogue, this deployment's routing, the
-preprocessing steps, the output formats and the outbound URL policy. Anything it
-refuses raises FormError, whose status and message `form_error_response` turns into
-the JSON body MusicGPT's clients expect.
+checks every field: the stems against the stem catalogue and this deployment's routing,
+planning them once for the whole request; the preprocessing steps, the output formats and
+the outbound URL policy. Anything it refuses raises FormError, which carries its status
+(serve_app/http/errors.py answers it).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from models.audio.encode import FORMATS
 from models.errors import PreprocessError, StemError
-from models.preprocess.steps import STEPS, parse_steps
-from models.stems.planner import make_plan
+from models.preprocess.catalogue import STEPS, parse_steps
+from models.stems.planner import Plan, make_plan
 from models.stems.routing import Routing
 from serve_app.http.body import (
     AUDIO_FILE,
@@ -44,9 +43,10 @@ DEFAULT_FORMAT = "wav"
 
 @dataclass(frozen=True)
 class ExtractionForm:
-    """A checked Extraction request; exactly one of `audio_url` and `upload` is set."""
+    """A checked Extraction request; exactly one of `audio_url` and `upload` is set. Its
+    stems are planned here, once per task: the plan says which models the task needs."""
 
-    stems: tuple[str, ...]
+    plan: Plan
     preprocessing: tuple[str, ...]
     output_format: str
     audio_url: str | None
@@ -54,12 +54,10 @@ class ExtractionForm:
     filename: str | None
     webhook_url: str | None
 
-
-def form_error_response(error: FormError) -> JSONResponse:
-    """The HTTP response for a refused request, shaped like MusicGPT's error bodies."""
-    return JSONResponse(
-        {"success": False, "error": str(error), "field": error.field}, status_code=error.status
-    )
+    @property
+    def stems(self) -> tuple[str, ...]:
+        """The stems asked for (the defaults when none were), in the order they were asked."""
+        return self.plan.stems
 
 
 async def read_extraction_form(
@@ -121,7 +119,7 @@ def _check_form(
     if not has_file and audio_url is None:
         raise FormError("send the audio as audio_url or audio_file")
     return ExtractionForm(
-        stems=_stems(fields, routing),
+        plan=_plan(fields, routing),
         preprocessing=_preprocessing(fields),
         output_format=_output_format(fields),
         audio_url=audio_url,
@@ -160,11 +158,11 @@ def _json_names(fields: dict[str, str], name: str, allowed: tuple[str, ...]) -> 
     return value
 
 
-def _stems(fields: dict[str, str], routing: Routing) -> tuple[str, ...]:
-    """Return the requested stems (none: the defaults) once the routing can serve them."""
+def _plan(fields: dict[str, str], routing: Routing) -> Plan:
+    """Plan the requested stems (none: the defaults), refusing any the routing cannot serve."""
     names = _json_names(fields, "stems", routing.served_stems())
     try:
-        return make_plan(names, routing).stems
+        return make_plan(names, routing)
     except StemError as exc:
         raise FormError(f"stems: {exc}", field="stems") from None
 

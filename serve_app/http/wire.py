@@ -1,5 +1,6 @@
 """The conversion object of MusicGPT's API, as `byId` answers it and webhooks send it,
-and the estimates (`eta`, `credit_estimate`) given when a task is created.
+with the webhook deliveries byId reports, and the estimates (`eta`, `credit_estimate`)
+given when a task is created.
 
 Estimates: credits = `credits_per_minute` x the audio's duration in minutes, to two
 decimals (at submission from the duration the file's header declares; the final
@@ -17,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from serve_app.store.layout import stem_file
-from serve_app.store.records import TaskRecord
+from serve_app.store.records import Delivery, TaskRecord
 
 
 def file_url(public_url: str, task_id: str, name: str) -> str:
@@ -48,6 +49,23 @@ def conversion(record: TaskRecord, public_url: str) -> dict[str, Any]:
         "conversion_cost": record.conversion_cost,
         "createdAt": record.created_at.isoformat(),
         "updatedAt": record.updated_at.isoformat(),
+    }
+
+
+def webhook_report(delivery: Delivery) -> dict[str, Any]:
+    """A webhook delivery and its attempts, as byId shows them (never the payload)."""
+    return {
+        "webhook_id": delivery.delivery_id,
+        "state": delivery.state.value,
+        "attempts": [
+            {
+                "at": attempt.at.isoformat(),
+                "outcome": attempt.outcome,
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+            }
+            for attempt in delivery.attempts
+        ],
     }
 
 

@@ -15,6 +15,10 @@ UPLOAD_NAME = "audio"
 _TASK_ID_LENGTH = 36
 
 
+# The suffixes an upload keeps in its key (so that tools can tell its kind); others are dropped.
+INPUT_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"})
+
+
 def new_input_key(suffix: str) -> str:
     """The key of a new upload, in a folder of its own; `suffix` is "" or like ".mp3"."""
     return f"{INPUTS}/{uuid.uuid4().hex}/{UPLOAD_NAME}{suffix}"

@@ -10,8 +10,7 @@ import pytest
 from models.audio.decode import decode
 from models.audio.encode import StemEncoder
 from models.cli import main
-from models.errors import PreprocessError
-from models.preprocess.steps import STEPS, parse_steps, preprocess
+from models.preprocess.steps import preprocess
 from models.run import ModelStore, separate_file
 from models.stems.routing import load_routing
 from models.testing.quality import sdr_db
@@ -29,20 +28,6 @@ def noisy_song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with StemEncoder(path, "wav", sample_rate=RATE, channels=2, layout="stereo") as encoder:
         encoder.write(samples)
     return path
-
-
-def test_steps_run_in_the_fixed_order_whatever_the_request() -> None:
-    assert parse_steps(["Dereverb", "Denoise", "Deecho"]) == STEPS
-    assert parse_steps(["dereverb", "DENOISE", "Denoise"]) == ("Denoise", "Dereverb")
-    assert parse_steps(None) == ()
-    assert parse_steps([]) == ()
-
-
-def test_unknown_step_names_the_allowed_ones() -> None:
-    with pytest.raises(PreprocessError, match=r"'Declick'.*allowed: Denoise, Deecho, Dereverb"):
-        parse_steps(["Denoise", "Declick"])
-    with pytest.raises(PreprocessError, match="list of names"):
-        parse_steps("Denoise")
 
 
 def test_preprocess_applies_each_step_once_in_order() -> None:

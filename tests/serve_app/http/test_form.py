@@ -19,13 +19,10 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
+from models.stems.planner import make_plan
 from models.stems.routing import Routing, load_routing
-from serve_app.http.form import (
-    FormError,
-    UploadLimits,
-    form_error_response,
-    read_extraction_form,
-)
+from serve_app.http.errors import answer
+from serve_app.http.form import FormError, UploadLimits, read_extraction_form
 
 PATH = "/api/public/v1/Extraction"
 BOUNDARY = "stemsplit-test-boundary"
@@ -60,8 +57,10 @@ def make_app(spool_dir: Path, limits: UploadLimits) -> Starlette:
         try:
             form = await read_extraction_form(request, ROUTING, spool_dir, limits)
         except FormError as error:
-            return form_error_response(error)
+            return answer(error)
         fields = asdict(form)
+        assert form.plan == make_plan(form.stems, ROUTING)  # planned once, here
+        fields["stems"] = fields.pop("plan")["stems"]
         fields["upload"] = None if form.upload is None else str(form.upload)
         return JSONResponse(fields)
 

@@ -4,7 +4,6 @@ works again, on the same connections, once they are mended."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import sqlite3
@@ -20,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from models.errors import AudioError
-from serve_app.deployments.ingress import _storage_failed as ingress_storage_failed
 from serve_app.deployments.pipeline import user_message
+from serve_app.http.errors import storage_answer
 from serve_app.store.faults import reconnect_after, space_short, sqlite_code, storage_fault
 from serve_app.store.records import Status
 from serve_app.store.tasks import TaskStore
@@ -83,9 +82,9 @@ def test_other_failures_are_not_storage_faults(failure: Exception) -> None:
 
 
 def answer_of(failure: Exception) -> Response:
-    """The ingress's answer when a route raises `failure` (its exception handler)."""
+    """The API's answer when a route raises `failure` (its exception handler)."""
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
-    return asyncio.run(ingress_storage_failed(request, failure))
+    return storage_answer(request, failure, retry_after_s=30)
 
 
 def test_our_own_errors_keep_their_message_even_from_a_remote_call() -> None:
