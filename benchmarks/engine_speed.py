@@ -20,7 +20,7 @@ import torch
 from demucs.apply import apply_model
 
 from benchmarks.common import RATE, model_folder
-from models.engine.tiling import collect_track, normalisation
+from models.engine.track import collect_track, normalisation
 from models.families.demucs.loading import load_model
 
 

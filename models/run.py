@@ -24,13 +24,10 @@ from demucs.apply import BagOfModels
 from models.audio.decode import DecodeLimits, Track, decode, to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
-from models.engine.tiling import (
-    Geometry,
-    WindowRunner,
-    resolve_device,
-    separate_windows,
-    stream_track,
-)
+from models.engine.batching import separate_windows
+from models.engine.devices import resolve_device
+from models.engine.geometry import Geometry
+from models.engine.track import WindowRunner, stream_track
 from models.errors import AudioError
 from models.families.demucs.loading import load_model
 from models.preprocess.steps import parse_steps, preprocess

@@ -40,7 +40,8 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from models.audio.decode import decode
-from models.engine.tiling import Geometry, WindowRunner
+from models.engine.geometry import Geometry
+from models.engine.track import WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, check_format, write_stems
 from models.stems.planner import Plan, make_plan

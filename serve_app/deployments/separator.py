@@ -2,7 +2,7 @@
 per replica and running segments (model windows) from every task in flight together.
 
 Pipelines send single segments; `@serve.batch` gathers those that arrive within the wait
-time into one forward pass (`models.engine.tiling.separate_windows`), so tasks share the
+time into one forward pass (`models.engine.batching.separate_windows`), so tasks share the
 accelerator. Batch size and wait time come from `user_config` and change at runtime
 through `reconfigure`. The forward pass runs in a worker thread so the replica keeps
 answering health checks and queueing segments while the model computes.
@@ -30,8 +30,10 @@ import torch
 from demucs.apply import BagOfModels
 from ray import serve
 
+from models.engine.batching import separate_windows
+from models.engine.devices import resolve_device
+from models.engine.geometry import Geometry
 from models.engine.threads import use_threads, with_threads
-from models.engine.tiling import Geometry, resolve_device, separate_windows
 from models.errors import ModelMissingError, ModelUnavailableError
 from models.families.demucs.loading import load_model
 from models.stems.routing import ModelEntry, load_routing

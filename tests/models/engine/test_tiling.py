@@ -9,18 +9,12 @@ import pytest
 import torch
 from demucs.apply import BagOfModels, apply_model
 
-from models.engine.tiling import (
-    Cut,
-    Geometry,
-    OverlapAdd,
-    collect_track,
-    cut_track,
-    resolve_device,
-    separate_track,
-    separate_windows,
-    trim,
-    window,
-)
+from models.engine.batching import separate_windows
+from models.engine.cuts import Cut, cut_track, trim, window
+from models.engine.devices import resolve_device
+from models.engine.geometry import Geometry
+from models.engine.overlap import OverlapAdd
+from models.engine.track import collect_track, separate_track
 from models.families.demucs.loading import load_model
 
 TOLERANCE = 1e-4

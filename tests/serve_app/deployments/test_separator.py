@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from ray import serve
 
+from models.engine.batching import separate_windows
 from models.engine.threads import available_cores
-from models.engine.tiling import separate_windows
 from models.families.demucs.loading import load_model
 from serve_app.app import deployment
 from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
