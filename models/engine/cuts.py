@@ -1,8 +1,9 @@
 """Cutting a track into segments, each segment's model window and cross-fade weight.
 
 The cutting rules are demucs's (segment length, stride, `TensorChunk.padded` context,
-`center_trim`, triangular transition weights), reproduced exactly so that results agree
-with `demucs.apply.apply_model` to float precision.
+`center_trim`), reproduced exactly so that results agree with `demucs.apply.apply_model`
+to float precision; the cross-fade weight, the padding beyond the track and the shift
+range come from the model's `Tiling`.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ def cut_track(
     if shifts == 0:
         origins = [0]
     else:
-        # The shift trick: each shift pads the track with up to half a second of
+        # The shift trick: each shift pads the track with up to max_shift_s of
         # silence in front, as apply_model does, drawing offsets the same way.
+        max_shift = int(geometry.tiling.max_shift_s * geometry.samplerate)
+        if max_shift == 0:
+            raise ValueError("this model takes no shifts; use shifts=0")
         rng = random.Random(seed)
-        max_shift = int(0.5 * geometry.samplerate)
         origins = [rng.randint(0, max_shift) - max_shift for _ in range(shifts)]
     stride = int((1 - overlap) * geometry.segment_length)
     cuts = []
@@ -78,10 +81,8 @@ class CutWeights:
     and by the number of shifts, so that overlap-adding needs no final division.
     Computed per cut on demand, so memory does not grow with the number of cuts."""
 
-    def __init__(
-        self, cuts: Sequence[Cut], geometry: Geometry, *, shifts: int = 0, power: float = 1.0
-    ) -> None:
-        self.base = transition_weight(geometry.segment_length, power)
+    def __init__(self, cuts: Sequence[Cut], geometry: Geometry, *, shifts: int = 0) -> None:
+        self.base = geometry.tiling.weight(geometry.segment_length)
         self.scale = 1.0 / max(shifts, 1)
         self.by_shift: dict[int, list[Cut]] = {}
         for cut in cuts:
@@ -108,14 +109,28 @@ class CutWeights:
         return self.base[: cut.length] / total * self.scale
 
 
-def window(mix: torch.Tensor, cut: Cut, mean: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+def window(
+    mix: torch.Tensor,
+    cut: Cut,
+    mean: float = 0.0,
+    scale: float = 1.0,
+    *,
+    padding: str = "zeros",
+) -> torch.Tensor:
     """The model input of `cut`: (channels, window_length), normalised by `mean` and
-    `scale`, silence outside the track (padding comes after normalising, as in demucs)."""
+    `scale`, padded outside the track after normalising, as in demucs. `reflect`
+    mirrors the track as far as the window's own frames reach, then pads with zeros."""
     frames = mix.shape[-1]
     begin = max(0, cut.window_start)
     end = min(frames, cut.window_start + cut.window_length)
     piece = (mix[..., begin:end] - mean) / scale
-    return F.pad(piece, (begin - cut.window_start, cut.window_start + cut.window_length - end))
+    before, after = begin - cut.window_start, cut.window_start + cut.window_length - end
+    if padding == "reflect" and (before or after):
+        reach = piece.shape[-1] - 1
+        mirrored = (min(before, reach), min(after, reach))
+        piece = F.pad(piece, mirrored, mode="reflect")
+        before, after = before - mirrored[0], after - mirrored[1]
+    return F.pad(piece, (before, after))
 
 
 def trim(output: torch.Tensor, cut: Cut) -> torch.Tensor:

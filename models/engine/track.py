@@ -11,7 +11,9 @@ shifts=...)` computes, with three differences that the service needs:
 - shifts are drawn from a seeded generator, so results are repeatable.
 
 We write this ourselves because demucs's `apply_model` recurses per track and holds the
-whole output, once per stem, per shift.
+whole output, once per stem, per shift. The model is any family's `SeparationModel`;
+what differs between families' inference (cross-fades, padding, shifts, normalising)
+comes from its geometry's `Tiling`.
 """
 
 from __future__ import annotations
@@ -19,21 +21,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from demucs.apply import BagOfModels
 
-from models.engine.batching import separate_windows
+from models.engine.batching import SeparationModel, separate_windows
 from models.engine.cuts import CutWeights, cut_track, trim, window
 from models.engine.geometry import Geometry
 from models.engine.overlap import OverlapAdd
 
 BlockSink = Callable[[int, torch.Tensor], None]
 # Runs model windows for the named sources; returns one (sources, channels, length)
-# tensor per window. `separate_windows` on a local bag, or a remote Separator.
+# tensor per window. `separate_windows` on a local model, or a remote Separator.
 WindowRunner = Callable[[Sequence[torch.Tensor], Sequence[str]], list[torch.Tensor]]
 
 
 def separate_track(
-    bag: BagOfModels,
+    model: SeparationModel,
     mix: torch.Tensor,
     on_block: BlockSink,
     *,
@@ -46,14 +47,14 @@ def separate_track(
     precision: str = "fp32",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Separate one track (channels, frames) in the model's domain with a local bag;
+    """Separate one track (channels, frames) in the model's domain with a local model;
     see `stream_track`."""
 
     def run(windows: Sequence[torch.Tensor], names: Sequence[str]) -> list[torch.Tensor]:
-        return separate_windows(bag, windows, sources=names, device=device, precision=precision)
+        return separate_windows(model, windows, sources=names, device=device, precision=precision)
 
     stream_track(
-        Geometry.of(bag),
+        model.geometry,
         run,
         mix,
         on_block,
@@ -82,7 +83,8 @@ def stream_track(
     """Separate one track (channels, frames) in the model's domain, `batch_size` windows
     at a time through `run`.
 
-    The mix is normalised as demucs's separator does and the stems are scaled back.
+    When the tiling says so, the mix is normalised as demucs's separator does and the
+    stems are scaled back.
     Calls `on_block(start, block)` with consecutive blocks of shape
     (len(sources), channels, n) that together cover the track exactly once.
     """
@@ -92,11 +94,13 @@ def stream_track(
     frames = mix.shape[-1]
     cuts = cut_track(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
     weight_of = CutWeights(cuts, geometry, shifts=shifts)
-    mean, scale = normalisation(mix)
+    tiling = geometry.tiling
+    mean, scale = normalisation(mix) if tiling.normalise else (0.0, 1.0)
     accumulator = OverlapAdd(len(names), mix.shape[0], frames)
     for first in range(0, len(cuts), batch_size):
         batch = cuts[first : first + batch_size]
-        outputs = run([window(mix, cut, mean, scale) for cut in batch], names)
+        windows = [window(mix, cut, mean, scale, padding=tiling.padding) for cut in batch]
+        outputs = run(windows, names)
         for cut, output in zip(batch, outputs, strict=True):
             accumulator.add(cut, trim(output, cut) * weight_of(cut))
         following = first + batch_size
@@ -109,7 +113,7 @@ def stream_track(
 
 
 def collect_track(
-    bag: BagOfModels,
+    model: SeparationModel,
     mix: torch.Tensor,
     *,
     sources: Sequence[str] | None = None,
@@ -122,7 +126,7 @@ def collect_track(
     inputs, where holding the whole output is fine."""
     blocks: list[torch.Tensor] = []
     separate_track(
-        bag,
+        model,
         mix,
         lambda _start, block: blocks.append(block),
         sources=sources,

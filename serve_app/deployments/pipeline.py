@@ -115,6 +115,7 @@ class RemoteModels:
             sources=shape.sources,
             segment_length=shape.segment_length,
             valid_length=valid_length,
+            tiling=shape.tiling,
         )
 
     def runner(self, model: str) -> WindowRunner:
