@@ -20,7 +20,8 @@ import torch
 from demucs.apply import apply_model
 
 from benchmarks.common import RATE, model_folder
-from models.engine.tiling import collect_track, normalisation
+from models.engine.track import collect_track, normalisation
+from models.families.demucs.family import DemucsModel
 from models.families.demucs.loading import load_model
 
 
@@ -36,6 +37,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         bag = load_model(args.like, model_dir=model_folder(Path(root), args.like, small=args.small))
+        model = DemucsModel(bag)
     mix = torch.randn(2, int(args.seconds * RATE), generator=torch.Generator().manual_seed(0))
     mix = mix * 0.1
     mean, scale = normalisation(mix)
@@ -44,7 +46,7 @@ def main() -> None:
     engine_times, demucs_times = [], []
     for _ in range(args.rounds):
         start = time.perf_counter()
-        ours = collect_track(bag, mix, batch_size=args.batch_size)
+        ours = collect_track(model, mix, batch_size=args.batch_size)
         engine_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         theirs = apply_model(bag, normalised[None], split=True, overlap=0.25, shifts=0)[0]

@@ -52,7 +52,7 @@ from demucs.apply import BagOfModels, apply_model
 from benchmarks.common import model_folder, write_song
 from benchmarks.soak import loopback_url
 from models.audio.decode import decode
-from models.engine.tiling import normalisation
+from models.engine.track import normalisation
 from models.families.demucs.loading import load_model
 
 REPO = Path(__file__).resolve().parent.parent

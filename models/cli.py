@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from models.audio.decode import DecodeLimits, decode
 from models.audio.encode import FORMATS, StemEncoder
-from models.engine.tiling import DEVICES, PRECISIONS, resolve_device
+from models.engine.devices import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
 from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
 from models.preprocess.catalogue import STEPS, parse_steps

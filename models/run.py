@@ -25,21 +25,17 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from demucs.apply import BagOfModels
 
 from models.audio.decode import DecodeLimits, Track, decode
 from models.audio.domain import to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
-from models.engine.tiling import (
-    Geometry,
-    WindowRunner,
-    resolve_device,
-    separate_windows,
-    stream_track,
-)
+from models.engine.batching import SeparationModel, separate_windows
+from models.engine.devices import resolve_device
+from models.engine.geometry import Geometry
+from models.engine.track import WindowRunner, stream_track
 from models.errors import AudioError
-from models.families.demucs.loading import load_model
+from models.families import family
 from models.preprocess.catalogue import parse_steps
 from models.preprocess.steps import preprocess
 from models.stems.catalogue import MIXTURE
@@ -71,17 +67,14 @@ class ModelStore:
     routing: Routing
     model_dir: Path | None = None
     use_hub: bool = True
-    loaded: dict[str, BagOfModels] = field(default_factory=dict)
+    loaded: dict[str, SeparationModel] = field(default_factory=dict)
 
-    def get(self, name: str) -> BagOfModels:
-        """The bag for routing entry `name`, loading it on first use."""
+    def get(self, name: str) -> SeparationModel:
+        """The model of routing entry `name`, loaded by its family on first use."""
         if name not in self.loaded:
             entry = self.routing.models[name]
-            self.loaded[name] = load_model(
-                entry.weights,
-                model_dir=self.model_dir,
-                use_hub=self.use_hub,
-                checksum=entry.checksum,
+            self.loaded[name] = family(entry.family).load(
+                entry, model_dir=self.model_dir, use_hub=self.use_hub
             )
         return self.loaded[name]
 
@@ -118,16 +111,16 @@ class LocalModels:
         return self.store.routing
 
     def geometry(self, model: str) -> Geometry:
-        """The geometry of the loaded bag."""
-        return Geometry.of(self.store.get(model))
+        """The geometry of the loaded model."""
+        return self.store.get(model).geometry
 
     def runner(self, model: str) -> WindowRunner:
-        """`separate_windows` on the loaded bag."""
-        bag = self.store.get(model)
+        """`separate_windows` on the loaded model."""
+        loaded = self.store.get(model)
 
         def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
             return separate_windows(
-                bag, windows, sources=sources, device=self.device, precision=self.precision
+                loaded, windows, sources=sources, device=self.device, precision=self.precision
             )
 
         return run

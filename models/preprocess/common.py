@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from models.audio.samples import Samples
-from models.engine.tiling import resolve_device
+from models.engine.devices import resolve_device
 from models.errors import PreprocessError
 
 

@@ -5,8 +5,8 @@ the package). Its schema::
 
     models:                      # required, at least one entry
       <key>:                     # model key: the pass name and, later, the Separator name
-        family: demucs           # required; only "demucs" for now
-        weights: <name>          # required; a demucs hub name or a file/folder in model_dir
+        family: demucs           # required; a family of models.families.FAMILIES
+        weights: <name>          # required; what the family loads, e.g. a demucs hub name
         checksum: <hex>          # optional; sha256 (or a prefix of it) of the weights file
         input: mixture           # optional, default mixture; or a stem another model outputs
         outputs:                 # required, at least one: catalogue stem -> model source name
@@ -34,12 +34,11 @@ from typing import Any, TypeVar
 import yaml
 
 from models.errors import RoutingError
+from models.families import FAMILIES
 from models.stems.catalogue import ALL_STEMS, MIXTURE
 
 # Package data, so an installed wheel finds it as a source checkout does.
 DEFAULT_ROUTING_PATH: Path = Path(__file__).resolve().with_name("models.yaml")
-
-FAMILIES: frozenset[str] = frozenset({"demucs"})
 
 _TOP_KEYS = frozenset({"models", "derived"})
 _MODEL_KEYS = frozenset({"family", "weights", "checksum", "input", "outputs"})

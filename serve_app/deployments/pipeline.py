@@ -40,7 +40,8 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from models.audio.samples import Samples
-from models.engine.tiling import Geometry, WindowRunner
+from models.engine.geometry import Geometry
+from models.engine.track import WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, TrackJob
 from models.stems.planner import Plan
@@ -108,6 +109,7 @@ class RemoteModels:
             sources=shape.sources,
             segment_length=shape.segment_length,
             valid_length=valid_length,
+            tiling=shape.tiling,
         )
 
     def runner(self, model: str) -> WindowRunner:

@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from ray import serve
 
+from models.engine.devices import resolve_device
 from models.engine.threads import use_threads, with_threads
-from models.engine.tiling import resolve_device
 from models.preprocess.steps import preprocess
 from serve_app.settings import EngineSettings
 

@@ -2,7 +2,7 @@
 per replica and running segments (model windows) from every task in flight together.
 
 Pipelines send single segments; `@serve.batch` gathers those that arrive within the wait
-time into one forward pass (`models.engine.tiling.separate_windows`), so tasks share the
+time into one forward pass (`models.engine.batching.separate_windows`), so tasks share the
 accelerator. Batch size and wait time come from `user_config` and change at runtime
 through `reconfigure`. The forward pass runs in a worker thread so the replica keeps
 answering health checks and queueing segments while the model computes.
@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from demucs.apply import BagOfModels
 from ray import serve
 
+from models.engine.batching import SeparationModel, separate_windows
+from models.engine.devices import resolve_device
+from models.engine.geometry import Geometry, Tiling
 from models.engine.threads import use_threads, with_threads
-from models.engine.tiling import Geometry, resolve_device, separate_windows
 from models.errors import ModelMissingError, ModelUnavailableError
-from models.families.demucs.loading import load_model
+from models.families import family
 from models.stems.routing import ModelEntry
 from serve_app.deployments import metrics
 from serve_app.settings import EngineSettings
@@ -66,6 +67,7 @@ class ModelShape:
     audio_channels: int
     sources: tuple[str, ...]
     segment_length: int
+    tiling: Tiling
 
 
 class ModelStatus(StrEnum):
@@ -121,7 +123,7 @@ class Separator:
         self.batches = 0
         self.sizes: Counter[int] = Counter()
         self.tasks_per_batch: Counter[int] = Counter()
-        self.bag: BagOfModels | None = None
+        self.loaded: SeparationModel | None = None
         self.geometry: Geometry | None = None
         self.failure: str | None = None
         self.attempted = asyncio.Event()  # set once the first load has ended, either way
@@ -130,7 +132,7 @@ class Separator:
     async def _load_until_loaded(self) -> None:
         while True:
             try:
-                bag = await asyncio.to_thread(self._load)
+                loaded = await asyncio.to_thread(self._load)
             except Exception as failure:
                 self.failure = unavailable_reason(self.model, failure, use_hub=self.use_hub)
                 logger.error(
@@ -140,7 +142,7 @@ class Separator:
                     self.engine.model_retry_s,
                 )
             else:
-                self.bag, self.geometry, self.failure = bag, Geometry.of(bag), None
+                self.loaded, self.geometry, self.failure = loaded, loaded.geometry, None
                 self.attempted.set()
                 logger.info(
                     "separator %s loaded on %s, %d torch threads",
@@ -152,30 +154,30 @@ class Separator:
             self.attempted.set()
             await asyncio.sleep(self.engine.model_retry_s)
 
-    def _load(self) -> BagOfModels:
-        bag = load_model(
-            self.entry.weights,
+    def _load(self) -> SeparationModel:
+        loaded = family(self.entry.family).load(
+            self.entry,
             model_dir=self.model_dir,
             use_hub=self.use_hub,
-            checksum=self.entry.checksum,
         )
-        return bag.to(self.device)
+        loaded.to(self.device)
+        return loaded
 
-    async def _loaded(self) -> tuple[BagOfModels, Geometry]:
+    async def _loaded(self) -> tuple[SeparationModel, Geometry]:
         """The model, once its first load has ended; ModelUnavailableError if it failed."""
         await self.attempted.wait()
-        if self.bag is None or self.geometry is None:
+        if self.loaded is None or self.geometry is None:
             raise ModelUnavailableError(self.failure or f"model {self.model!r} is not available")
-        return self.bag, self.geometry
+        return self.loaded, self.geometry
 
     def check_health(self) -> None:
         """Unhealthy only if the loader stopped without a model (a bug, not missing weights)."""
-        if self.loader.done() and self.bag is None:
+        if self.loader.done() and self.loaded is None:
             raise RuntimeError(f"the loader of model {self.model!r} stopped")
 
     async def state(self) -> ModelState:
         """Whether the model is loading, ready, or failed, and why."""
-        if self.bag is not None:
+        if self.loaded is not None:
             return ModelState(self.model, ModelStatus.READY)
         if not self.attempted.is_set():
             return ModelState(self.model, ModelStatus.LOADING, f"model {self.model!r} is loading")
@@ -199,6 +201,7 @@ class Separator:
             audio_channels=geometry.audio_channels,
             sources=geometry.sources,
             segment_length=geometry.segment_length,
+            tiling=geometry.tiling,
         )
 
     async def valid_length(self, length: int) -> int:
@@ -214,7 +217,7 @@ class Separator:
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def run_batch(self, jobs: list[SegmentJob]) -> list[torch.Tensor]:
         """One forward pass per distinct source list over the gathered segments."""
-        bag, _ = await self._loaded()
+        loaded, _ = await self._loaded()
         tasks = len({job.task_id for job in jobs})
         self.batches += 1
         self.sizes[len(jobs)] += 1
@@ -230,7 +233,7 @@ class Separator:
                 with_threads,
                 self.threads,
                 separate_windows,
-                bag,
+                loaded,
                 [jobs[position].window for position in positions],
                 sources=sources,
                 device=self.device,

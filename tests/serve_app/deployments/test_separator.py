@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from ray import serve
 
+from models.engine.batching import separate_windows
 from models.engine.threads import available_cores
-from models.engine.tiling import separate_windows
-from models.families.demucs.loading import load_model
+from models.run import ModelStore
 from models.stems.routing import load_routing
 from serve_app.app import deployment
 from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
@@ -48,7 +48,7 @@ def test_batches_follow_user_config_and_match_the_engine(service: Service, model
     assert max(stats["sizes"]) <= 3
     assert sum(size * count for size, count in stats["sizes"].items()) == 6
     assert max(stats["tasks_per_batch"]) > 1
-    bag = load_model("htdemucs_6s", model_dir=model_dir, use_hub=False)
-    expected = separate_windows(bag, windows, sources=("vocals", "drums"))
+    model = ModelStore(load_routing(), model_dir=model_dir, use_hub=False).get("htdemucs_6s")
+    expected = separate_windows(model, windows, sources=("vocals", "drums"))
     for output, reference in zip(outputs, expected, strict=True):
         torch.testing.assert_close(output, reference)

@@ -1,4 +1,4 @@
-"""The segment engine agrees with demucs's apply_model and streams its output."""
+"""The segment engine on demucs bags agrees with demucs's apply_model and streams its output."""
 
 from __future__ import annotations
 
@@ -9,19 +9,13 @@ import pytest
 import torch
 from demucs.apply import BagOfModels, apply_model
 
-from models.engine.tiling import (
-    Cut,
-    Geometry,
-    OverlapAdd,
-    collect_track,
-    cut_track,
-    resolve_device,
-    separate_track,
-    separate_windows,
-    trim,
-    window,
-)
+from models.engine.batching import separate_windows
+from models.engine.cuts import cut_track, window
+from models.engine.track import collect_track, separate_track
+from models.families import family
+from models.families.demucs.family import TILING, DemucsModel
 from models.families.demucs.loading import load_model
+from models.stems.routing import ModelEntry
 
 TOLERANCE = 1e-4
 
@@ -41,17 +35,17 @@ def reference(bag: BagOfModels, mix: torch.Tensor, shifts: int = 0) -> torch.Ten
     return out * scale + mean
 
 
-def segment_length(bag: BagOfModels) -> int:
-    return Geometry.of(bag).segment_length
+def loaded(model_dir: Path, name: str) -> DemucsModel:
+    return DemucsModel(load_model(name, model_dir=model_dir, use_hub=False))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("segments", [0.4, 1.0, 2.2], ids=["short", "one", "several"])
 def test_equals_apply_model_on_released_htdemucs(
-    full_htdemucs: BagOfModels, segments: float
+    full_htdemucs: DemucsModel, segments: float
 ) -> None:
-    mix = random_mix(int(segment_length(full_htdemucs) * segments))
-    expected = reference(full_htdemucs, mix)
+    mix = random_mix(int(full_htdemucs.geometry.segment_length * segments))
+    expected = reference(full_htdemucs.bag, mix)
     for batch_size in (1, 4):
         actual = collect_track(full_htdemucs, mix, batch_size=batch_size)
         assert actual.shape == expected.shape
@@ -59,29 +53,37 @@ def test_equals_apply_model_on_released_htdemucs(
 
 
 def test_equals_apply_model_for_a_bag(model_dir: Path) -> None:
-    bag = load_model("htdemucs_ft", model_dir=model_dir, use_hub=False)
-    assert len(bag.models) == 4
-    mix = random_mix(int(segment_length(bag) * 1.7), seed=1)
-    expected = reference(bag, mix)
+    model = loaded(model_dir, "htdemucs_ft")
+    assert len(model.bag.models) == 4
+    mix = random_mix(int(model.geometry.segment_length * 1.7), seed=1)
+    expected = reference(model.bag, mix)
     for batch_size in (1, 4):
-        actual = collect_track(bag, mix, batch_size=batch_size)
+        actual = collect_track(model, mix, batch_size=batch_size)
         assert (actual - expected).abs().max().item() < TOLERANCE
 
 
 def test_equals_apply_model_with_seeded_shifts(model_dir: Path) -> None:
     # HDemucs draws no random numbers in its forward pass, so demucs's global
     # generator seeded alike draws the same shift offsets as ours.
-    loaded = load_model("hdemucs_mmi", model_dir=model_dir, use_hub=False)
+    bag = loaded(model_dir, "hdemucs_mmi").bag
     # A 4-second segment (HDemucs takes any) keeps the test fast with several cuts.
-    bag = BagOfModels(list(loaded.models), loaded.weights, segment=4.0)  # type: ignore[arg-type]
-    mix = random_mix(int(segment_length(bag) * 2.3), seed=2)
+    bag = BagOfModels(list(bag.models), bag.weights, segment=4.0)  # type: ignore[arg-type]
+    model = DemucsModel(bag)
+    mix = random_mix(int(model.geometry.segment_length * 2.3), seed=2)
     random.seed(5)
     expected = reference(bag, mix, shifts=2)
-    actual = collect_track(bag, mix, batch_size=2, shifts=2, seed=5)
+    actual = collect_track(model, mix, batch_size=2, shifts=2, seed=5)
     assert (actual - expected).abs().max().item() < TOLERANCE
 
 
-def test_shifts_are_repeatable_and_seeded(small_6s: BagOfModels) -> None:
+def test_the_family_loads_a_routed_entry(model_dir: Path) -> None:
+    entry = ModelEntry("six", "demucs", "htdemucs_6s", None, "mixture", {"vocals": "vocals"})
+    model = family("demucs").load(entry, model_dir=model_dir, use_hub=False)
+    assert model.geometry.sources == ("drums", "bass", "other", "vocals", "guitar", "piano")
+    assert model.geometry.tiling == TILING
+
+
+def test_shifts_are_repeatable_and_seeded(small_6s: DemucsModel) -> None:
     mix = random_mix(50_000, seed=3)
     first = collect_track(small_6s, mix, shifts=2, seed=1)
     again = collect_track(small_6s, mix, shifts=2, seed=1)
@@ -90,13 +92,13 @@ def test_shifts_are_repeatable_and_seeded(small_6s: BagOfModels) -> None:
     assert not torch.allclose(first, other)
 
 
-def test_default_is_deterministic(small_6s: BagOfModels) -> None:
+def test_default_is_deterministic(small_6s: DemucsModel) -> None:
     mix = random_mix(30_000, seed=4)
     assert torch.equal(collect_track(small_6s, mix), collect_track(small_6s, mix))
 
 
-def test_blocks_stream_in_order_and_cover_the_track_once(small_6s: BagOfModels) -> None:
-    geometry = Geometry.of(small_6s)
+def test_blocks_stream_in_order_and_cover_the_track_once(small_6s: DemucsModel) -> None:
+    geometry = small_6s.geometry
     frames = int(geometry.segment_length * 4.5)
     mix = random_mix(frames, seed=5)
     starts: list[int] = []
@@ -115,8 +117,8 @@ def test_blocks_stream_in_order_and_cover_the_track_once(small_6s: BagOfModels) 
     assert len(starts) > 2
 
 
-def test_windows_from_different_tracks_share_a_batch(small_6s: BagOfModels) -> None:
-    geometry = Geometry.of(small_6s)
+def test_windows_from_different_tracks_share_a_batch(small_6s: DemucsModel) -> None:
+    geometry = small_6s.geometry
     first, second = random_mix(200_000, seed=6), random_mix(90_000, seed=7)
     cut_a = cut_track(first.shape[-1], geometry)[0]
     cut_b = cut_track(second.shape[-1], geometry)[0]
@@ -127,23 +129,23 @@ def test_windows_from_different_tracks_share_a_batch(small_6s: BagOfModels) -> N
     assert (together[1] - alone_b).abs().max().item() < TOLERANCE
 
 
-def test_source_subset_matches_full_output(small_6s: BagOfModels) -> None:
+def test_source_subset_matches_full_output(small_6s: DemucsModel) -> None:
     mix = random_mix(60_000, seed=8)
     full = collect_track(small_6s, mix)
     vocals = collect_track(small_6s, mix, sources=["vocals"])
-    index = list(small_6s.sources).index("vocals")
+    index = list(small_6s.geometry.sources).index("vocals")
     assert (vocals[0] - full[index]).abs().max().item() < TOLERANCE
 
 
 def test_networks_with_zero_weight_are_skipped(model_dir: Path) -> None:
-    bag = load_model("htdemucs_ft", model_dir=model_dir, use_hub=False)
+    model = loaded(model_dir, "htdemucs_ft")
     calls: list[int] = []
     hooks = [
         network.register_forward_hook(lambda *_args, index=index: calls.append(index))
-        for index, network in enumerate(bag.models)
+        for index, network in enumerate(model.bag.models)
     ]
     try:
-        separate_windows(bag, [torch.zeros(2, segment_length(bag))], sources=["vocals"])
+        separate_windows(model, [torch.zeros(2, model.geometry.segment_length)], sources=["vocals"])
     finally:
         for hook in hooks:
             hook.remove()
@@ -151,9 +153,9 @@ def test_networks_with_zero_weight_are_skipped(model_dir: Path) -> None:
     assert calls == [3]
 
 
-def test_reduced_precision_runs_and_stays_close(small_6s: BagOfModels) -> None:
+def test_reduced_precision_runs_and_stays_close(small_6s: DemucsModel) -> None:
     mix = random_mix(40_000, seed=9)
-    cut = cut_track(mix.shape[-1], Geometry.of(small_6s))[0]
+    cut = cut_track(mix.shape[-1], small_6s.geometry)[0]
     full = separate_windows(small_6s, [window(mix, cut)])[0]
     reduced = separate_windows(small_6s, [window(mix, cut)], precision="bf16")[0]
     assert reduced.dtype == torch.float32
@@ -163,8 +165,8 @@ def test_reduced_precision_runs_and_stays_close(small_6s: BagOfModels) -> None:
     assert (reduced - full).abs().max().item() < 0.1 * full.abs().max().item() + 1e-3
 
 
-def test_cut_rules_follow_demucs(small_6s: BagOfModels) -> None:
-    geometry = Geometry.of(small_6s)
+def test_cut_rules_follow_demucs(small_6s: DemucsModel) -> None:
+    geometry = small_6s.geometry
     segment = geometry.segment_length
     cuts = cut_track(int(segment * 1.5), geometry, overlap=0.25)
     stride = int(0.75 * segment)
@@ -176,21 +178,6 @@ def test_cut_rules_follow_demucs(small_6s: BagOfModels) -> None:
     assert last.window_start == stride - (segment - last.length) // 2
 
 
-def test_window_reads_silence_outside_the_track() -> None:
-    mix = torch.arange(1, 11, dtype=torch.float32).repeat(2, 1)
-    cut = Cut(start=8, length=2, window_start=6, window_length=6, shift=0)
-    assert window(mix, cut)[0].tolist() == [7.0, 8.0, 9.0, 10.0, 0.0, 0.0]
-    assert trim(torch.arange(6.0), cut).tolist() == [2.0, 3.0]
-
-
-def test_overlap_add_releases_only_final_frames() -> None:
-    accumulator = OverlapAdd(sources=1, channels=1, frames=10)
-    accumulator.add(Cut(0, 6, 0, 6, 0), torch.ones(1, 1, 6))
-    accumulator.add(Cut(4, 6, 4, 6, 0), torch.ones(1, 1, 6))
-    assert accumulator.release(4).flatten().tolist() == [1.0] * 4
-    assert accumulator.release(10).flatten().tolist() == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -200,23 +187,7 @@ def test_overlap_add_releases_only_final_frames() -> None:
     ],
 )
 def test_bad_options_are_refused(
-    small_6s: BagOfModels, options: dict[str, object], message: str
+    small_6s: DemucsModel, options: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         separate_track(small_6s, random_mix(1000), lambda _s, _b: None, **options)  # type: ignore[arg-type]
-
-
-def test_empty_track_is_refused(small_6s: BagOfModels) -> None:
-    with pytest.raises(ValueError, match="empty"):
-        cut_track(0, Geometry.of(small_6s))
-
-
-def test_device_resolution() -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="device must be one of"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA device"):
-            resolve_device("cuda")
