@@ -30,7 +30,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,7 +48,7 @@ from models.stems.planner import Plan
 from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
-from serve_app.deployments.separator import ModelShape, ModelStatus, SegmentJob
+from serve_app.deployments.separator import ModelStatus, SegmentJob
 from serve_app.http.wire import conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.settings import AppArgs
@@ -97,20 +97,13 @@ class RemoteModels:
         """The model's geometry, asked of its Separator (again if its replica died)."""
         handle = self.separators[model]
         what = f"task {self.task_id}: a Separator's model shape"
-        shape: ModelShape = replicas.result(lambda: handle.shape.remote(), what)
+        shape: Geometry = replicas.result(lambda: handle.shape.remote(), what)
 
         @functools.cache
         def valid_length(length: int) -> int:
             return int(replicas.result(lambda: handle.valid_length.remote(length), what))
 
-        return Geometry(
-            samplerate=shape.samplerate,
-            audio_channels=shape.audio_channels,
-            sources=shape.sources,
-            segment_length=shape.segment_length,
-            valid_length=valid_length,
-            tiling=shape.tiling,
-        )
+        return replace(shape, valid_length=valid_length)
 
     def runner(self, model: str) -> WindowRunner:
         """Sends windows to the Separator all at once, so they can share its batches."""

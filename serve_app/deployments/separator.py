@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from ray import serve
 
 from models.engine.batching import SeparationModel, separate_windows
 from models.engine.devices import resolve_device
-from models.engine.geometry import Geometry, Tiling
+from models.engine.geometry import Geometry
 from models.engine.threads import use_threads, with_threads
 from models.errors import ModelMissingError, ModelUnavailableError
 from models.families import family
@@ -57,17 +57,6 @@ class SegmentJob:
     window: torch.Tensor  # (channels, window_length), normalised as the engine does
     sources: tuple[str, ...]
     task_id: str
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What a pipeline needs to cut a track for this model (a Geometry without the network)."""
-
-    samplerate: int
-    audio_channels: int
-    sources: tuple[str, ...]
-    segment_length: int
-    tiling: Tiling
 
 
 class ModelStatus(StrEnum):
@@ -193,16 +182,11 @@ class Separator:
         batched.set_max_batch_size(int(config.get("max_batch_size", DEFAULT_BATCH_SIZE)))
         batched.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", DEFAULT_WAIT_S)))
 
-    async def shape(self) -> ModelShape:
-        """The model's geometry, for cutting tracks."""
+    async def shape(self) -> Geometry:
+        """The model's geometry, for cutting tracks, without its `valid_length` (a method
+        of the network, which stays here: ask `valid_length` for it)."""
         _, geometry = await self._loaded()
-        return ModelShape(
-            samplerate=geometry.samplerate,
-            audio_channels=geometry.audio_channels,
-            sources=geometry.sources,
-            segment_length=geometry.segment_length,
-            tiling=geometry.tiling,
-        )
+        return replace(geometry, valid_length=None)
 
     async def valid_length(self, length: int) -> int:
         """The window length the model wants for `length` delivered frames."""

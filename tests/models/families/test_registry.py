@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,10 @@ def test_a_track_runs_through_cuts_and_overlap_add(batch_size: int) -> None:
 def test_the_separator_protocol_runs_windows_and_ships_the_tiling() -> None:
     model = family("toy").load(routing_of().routing.models["shares"])
     model.to(torch.device("cpu"))
-    # The Separator sends the tiling to Pipelines inside its ModelShape, through Ray.
-    assert pickle.loads(pickle.dumps(model.geometry.tiling)) == TOY_TILING
+    # The Separator sends its Geometry, tiling included, to Pipelines through Ray.
+    shipped = replace(model.geometry, valid_length=None)
+    assert pickle.loads(pickle.dumps(shipped)) == shipped
+    assert shipped.tiling == TOY_TILING
     window = torch.arange(1.0, 1 + with_context(1000)).repeat(2, 1)
     (low,) = separate_windows(model, [window], sources=["low"])
     assert low.shape == (1, 2, with_context(1000))

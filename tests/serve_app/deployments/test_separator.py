@@ -10,11 +10,12 @@ import torch
 from ray import serve
 
 from models.engine.batching import separate_windows
+from models.engine.geometry import Geometry
 from models.engine.threads import available_cores
 from models.run import ModelStore
 from models.stems.routing import load_routing
 from serve_app.app import deployment
-from serve_app.deployments.separator import ModelShape, SegmentJob, Separator
+from serve_app.deployments.separator import SegmentJob, Separator
 from serve_app.settings import EngineSettings
 from tests.serve_app.service import Service
 
@@ -31,7 +32,7 @@ def test_batches_follow_user_config_and_match_the_engine(service: Service, model
     )
     handle = serve.run(bound, name="separator-under-test", route_prefix=None)
     try:
-        shape: ModelShape = handle.shape.remote().result()
+        shape: Geometry = handle.shape.remote().result()
         length = handle.valid_length.remote(shape.segment_length).result()
         generator = torch.Generator().manual_seed(0)
         windows = [torch.randn(2, length, generator=generator) for _ in range(6)]
