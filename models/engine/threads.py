@@ -49,7 +49,7 @@ def cpu_quota(cgroup: Path = CGROUP) -> float | None:
             limit_us = int((v1 / "cpu.cfs_quota_us").read_text())
             period_us = int((v1 / "cpu.cfs_period_us").read_text())
             return None if limit_us <= 0 else limit_us / period_us
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         return None
     return None
 

@@ -32,6 +32,8 @@ def test_quota_from_cgroup_v2_and_v1(tmp_path: Path) -> None:
     assert cpu_quota(cgroup_v1(tmp_path / "d", -1, 100000)) is None
     assert cpu_quota(tmp_path / "none") is None
     assert cpu_quota(cgroup_v2(tmp_path / "e", "garbage")) is None
+    assert cpu_quota(cgroup_v2(tmp_path / "f", "100000 0")) is None
+    assert cpu_quota(cgroup_v1(tmp_path / "g", 100000, 0)) is None
 
 
 def test_cores_are_the_affinity_mask_capped_by_the_quota(tmp_path: Path) -> None:
