@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import av
 from av.audio.stream import AudioStream
 from av.container import InputContainer
 
@@ -110,7 +111,7 @@ def declared_duration(
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / 1_000_000
+        return container.duration / av.time_base
     return None
 
 
