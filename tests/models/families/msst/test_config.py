@@ -114,6 +114,7 @@ def test_plain_safe_load_is_untouched() -> None:
         "!!python/object:collections.OrderedDict {}",
         "!!python/list [1, 2]",
         "!!python/tuple {a: 1}",
+        "!!python/tuple [1, !!python/name:os.system]",
     ],
 )
 def test_python_tags_are_refused_naming_the_file(tmp_path: Path, value: str) -> None:
