@@ -121,6 +121,15 @@ def test_a_track_up_to_one_and_a_half_chunks_is_not_padded_at_overlap_4() -> Non
     assert plan_chunks(24577, chunk_size=16384, num_overlap=4, batch_size=1).border == 12288
 
 
+def test_without_overlap_there_is_no_border() -> None:
+    plan = plan_chunks(50000, chunk_size=16384, num_overlap=1, batch_size=2)
+    assert plan.border == 0
+    assert [c.start for c in plan.chunks] == [0, 16384, 32768, 49152]
+    track = torch.from_numpy(ROFORMER_DEMIX["track"])
+    output = demix(chunk_dependent, track, chunk_size=16384, num_overlap=1, batch_size=2)
+    assert output.shape == (2, *track.shape)
+
+
 def test_last_batch_fade_flag_explains_msst_s_batch_5_run() -> None:
     """Batches of 5 differ from batches of 1 exactly where the fades differ (README)."""
     settings = run_settings(ROFORMER_DEMIX, "long_o2_b5")
