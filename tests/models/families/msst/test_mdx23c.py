@@ -1,0 +1,90 @@
+"""MDX23C against MSST's own TFC_TDF_net: state-dict keys and shapes, strict load, forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models.families.msst.mdx23c import MDX23C, MDX23CConfig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mdx23c"
+PUBLISHED = sorted((FIXTURES / "published").glob("*.yaml"))
+
+
+class TupleLoader(yaml.SafeLoader):
+    """A safe loader that also reads `!!python/tuple`, as MSST's configs use it."""
+
+
+TupleLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple",
+    lambda loader, node: tuple(loader.construct_sequence(node)),  # type: ignore[arg-type]
+)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """An MSST YAML config as plain Python values."""
+    with path.open() as f:
+        config: dict[str, Any] = yaml.load(f, Loader=TupleLoader)
+    return config
+
+
+def key_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """The state-dict keys and shapes a keys.json records, in state_dict order."""
+    entries = json.loads(path.read_text())["state_dict"]
+    return [(key, tuple(shape)) for key, shape, *_ in entries]
+
+
+def tiny_network() -> MDX23C:
+    """The tiny fixture network with MSST's weights loaded strictly, in eval mode."""
+    network = MDX23C.from_msst(read_config(FIXTURES / "tiny.yaml"))
+    weights = np.load(FIXTURES / "tiny_model.npz")
+    network.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files}, strict=True)
+    return network.eval()
+
+
+def test_tiny_keys_and_shapes_are_msst_s() -> None:
+    network = MDX23C.from_msst(read_config(FIXTURES / "tiny.yaml"))
+    ours = [(k, tuple(v.shape)) for k, v in network.state_dict().items()]
+    assert ours == key_shapes(FIXTURES / "tiny.keys.json")
+
+
+@pytest.mark.parametrize("config", PUBLISHED, ids=lambda p: p.stem)
+def test_published_keys_and_shapes_are_msst_s(config: Path) -> None:
+    with torch.device("meta"):
+        network = MDX23C.from_msst(read_config(config))
+    ours = [(k, tuple(v.shape)) for k, v in network.state_dict().items()]
+    assert ours == key_shapes(config.with_suffix(".keys.json"))
+    recorded = json.loads(config.with_suffix(".keys.json").read_text())["parameter_count"]
+    assert sum(p.numel() for p in network.parameters()) == recorded
+
+
+def test_forward_equals_msst() -> None:
+    network = tiny_network()
+    forward = np.load(FIXTURES / "tiny_forward.npz")
+    assert tuple(network.stems) == tuple(forward["instruments"])
+    with torch.inference_mode():
+        output = network(torch.from_numpy(forward["input"])).numpy()
+    np.testing.assert_allclose(output, forward["output"], rtol=0, atol=1e-5)
+
+
+def test_target_instrument_makes_one_stem() -> None:
+    config = read_config(FIXTURES / "tiny.yaml")
+    config["training"]["target_instrument"] = "vocals"
+    network = MDX23C.from_msst(config)
+    assert network.stems == ("vocals",)
+    with torch.inference_mode():
+        output = network.eval()(torch.zeros(1, 2, network.config.chunk_size))
+    assert output.shape == (1, 1, 2, network.config.chunk_size)
+
+
+def test_a_chunk_the_u_net_cannot_halve_is_refused() -> None:
+    config = read_config(FIXTURES / "tiny.yaml")
+    config["audio"]["chunk_size"] = 16384  # 65 frames, not a multiple of 2**3
+    with pytest.raises(ValueError, match="frames"):
+        MDX23CConfig.from_msst(config)
