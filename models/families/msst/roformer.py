@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.errors import ModelLoadError
+
 logger = logging.getLogger(__name__)
 
 # Keys of MSST's `model:` section that only matter for training or for an
@@ -36,7 +38,7 @@ TRAINING_ONLY_KEYS = frozenset(
 )
 
 
-class RoformerConfigError(ValueError):
+class RoformerConfigError(ModelLoadError):
     """A RoFormer `model:` section this implementation cannot build."""
 
 
