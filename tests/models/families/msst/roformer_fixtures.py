@@ -1,0 +1,72 @@
+"""Reading the RoFormer fixtures copied from MSST (configs, key lists, weights) in tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class TupleSafeLoader(yaml.SafeLoader):
+    """YAML's safe loader, plus MSST's `!!python/tuple` tag read as a tuple."""
+
+
+def _construct_tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[Any, ...]:
+    assert isinstance(node, yaml.SequenceNode)
+    return tuple(loader.construct_sequence(node))
+
+
+TupleSafeLoader.add_constructor("tag:yaml.org,2002:python/tuple", _construct_tuple)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """An MSST YAML config as plain dicts, lists and tuples."""
+    with path.open(encoding="utf-8") as file:
+        config: dict[str, Any] = yaml.load(file, Loader=TupleSafeLoader)
+    return config
+
+
+def published_configs(family: str) -> list[Path]:
+    """The published MSST configs of a family, by name."""
+    return sorted((FIXTURES / family / "published").glob("*.yaml"))
+
+
+def key_list(path: Path) -> dict[str, Any]:
+    """The `*.keys.json` beside an MSST config."""
+    loaded: dict[str, Any] = json.loads(path.with_suffix(".keys.json").read_text())
+    return loaded
+
+
+def keys_and_shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
+    """The state dict of a module as (key, shape) pairs, in order."""
+    return [(key, list(value.shape)) for key, value in model.state_dict().items()]
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """A module built without allocating its weights."""
+    with torch.device("meta"):
+        return build()
+
+
+def tiny_weights(family: str, *, without: str | None = None) -> dict[str, torch.Tensor]:
+    """The tiny model's state dict, less the keys starting with `without`."""
+    with np.load(FIXTURES / family / "tiny_model.npz") as archive:
+        return {
+            key: torch.from_numpy(archive[key])
+            for key in archive.files
+            if without is None or not key.startswith(without)
+        }
+
+
+def tiny_forward(family: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The tiny model's input batch and MSST's output for it."""
+    with np.load(FIXTURES / family / "tiny_forward.npz") as archive:
+        return torch.from_numpy(archive["input"]), archive["output"]
