@@ -11,7 +11,7 @@ import torch
 
 from models.families.msst.bs_roformer import BSRoformer
 from models.families.msst.roformer import RoformerConfigError
-from tests.models.families.msst.roformer_fixtures import (
+from tests.models.families.msst.reference import (
     FIXTURES,
     build_on_meta,
     key_list,

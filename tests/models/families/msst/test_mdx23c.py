@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models.families.msst.mdx23c import MDX23C, MDX23CConfig
+from tests.models.families.msst.reference import read_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mdx23c"
 PUBLISHED = sorted((FIXTURES / "published").glob("*.yaml"))
-
-
-class TupleLoader(yaml.SafeLoader):
-    """A safe loader that also reads `!!python/tuple`, as MSST's configs use it."""
-
-
-TupleLoader.add_constructor(
-    "tag:yaml.org,2002:python/tuple",
-    lambda loader, node: tuple(loader.construct_sequence(node)),  # type: ignore[arg-type]
-)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """An MSST YAML config as plain Python values."""
-    with path.open() as f:
-        config: dict[str, Any] = yaml.load(f, Loader=TupleLoader)
-    return config
 
 
 def key_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:

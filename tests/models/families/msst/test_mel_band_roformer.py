@@ -10,7 +10,7 @@ import torch
 
 from models.families.msst.mel_band_roformer import MelBandRoformer, mel_bands
 from models.families.msst.roformer import RoformerConfigError
-from tests.models.families.msst.roformer_fixtures import (
+from tests.models.families.msst.reference import (
     FIXTURES,
     build_on_meta,
     key_list,

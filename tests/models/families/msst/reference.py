@@ -1,4 +1,4 @@
-"""Reading the RoFormer fixtures copied from MSST (configs, key lists, weights) in tests."""
+"""Reading the reference fixtures copied from MSST (configs, key lists, weights) in tests."""
 
 from __future__ import annotations
 
@@ -9,28 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
+
+from models.families.msst.config import safe_load_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-class TupleSafeLoader(yaml.SafeLoader):
-    """YAML's safe loader, plus MSST's `!!python/tuple` tag read as a tuple."""
-
-
-def _construct_tuple(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[Any, ...]:
-    assert isinstance(node, yaml.SequenceNode)
-    return tuple(loader.construct_sequence(node))
-
-
-TupleSafeLoader.add_constructor("tag:yaml.org,2002:python/tuple", _construct_tuple)
-
-
 def read_config(path: Path) -> dict[str, Any]:
-    """An MSST YAML config as plain dicts, lists and tuples."""
-    with path.open(encoding="utf-8") as file:
-        config: dict[str, Any] = yaml.load(file, Loader=TupleSafeLoader)
+    """An MSST YAML config as plain dicts, lists and tuples, read as the service reads it."""
+    config: dict[str, Any] = safe_load_yaml(path.read_text(encoding="utf-8"), source=path.name)
     return config
 
 
