@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.families.msst.roformer import (
+    SHARED_ARGUMENTS,
     BandSplit,
     MaskEstimator,
     RMSNorm,
@@ -26,31 +27,7 @@ from models.families.msst.roformer import (
     spectrum_features,
 )
 
-_ARGUMENTS = frozenset(
-    {
-        "dim",
-        "depth",
-        "stereo",
-        "num_stems",
-        "time_transformer_depth",
-        "freq_transformer_depth",
-        "linear_transformer_depth",
-        "freqs_per_bands",
-        "dim_head",
-        "heads",
-        "attn_dropout",
-        "ff_dropout",
-        "stft_n_fft",
-        "stft_hop_length",
-        "stft_win_length",
-        "stft_normalized",
-        "mask_estimator_depth",
-        "mlp_expansion_factor",
-        "skip_connection",
-        "zero_dc",
-        "use_pope",
-    }
-)
+_ARGUMENTS = SHARED_ARGUMENTS | {"freqs_per_bands"}
 
 
 class BSRoformer(nn.Module):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.families.msst.roformer import (
+    SHARED_ARGUMENTS,
     BandSplit,
     MaskEstimator,
     RoformerConfigError,
@@ -29,33 +30,7 @@ from models.families.msst.roformer import (
     spectrum_features,
 )
 
-_ARGUMENTS = frozenset(
-    {
-        "dim",
-        "depth",
-        "stereo",
-        "num_stems",
-        "time_transformer_depth",
-        "freq_transformer_depth",
-        "linear_transformer_depth",
-        "num_bands",
-        "dim_head",
-        "heads",
-        "attn_dropout",
-        "ff_dropout",
-        "sample_rate",
-        "stft_n_fft",
-        "stft_hop_length",
-        "stft_win_length",
-        "stft_normalized",
-        "mask_estimator_depth",
-        "mlp_expansion_factor",
-        "skip_connection",
-        "zero_dc",
-        "use_pope",
-        "match_input_audio_length",
-    }
-)
+_ARGUMENTS = SHARED_ARGUMENTS | {"num_bands", "sample_rate", "match_input_audio_length"}
 
 # The Slaney mel scale: linear below 1 kHz, logarithmic above.
 _HZ_PER_MEL = 200.0 / 3

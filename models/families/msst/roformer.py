@@ -42,6 +42,33 @@ class RoformerConfigError(ModelLoadError):
     """A RoFormer `model:` section this implementation cannot build."""
 
 
+# The `model:` options both RoFormers take; each adds its own band options.
+SHARED_ARGUMENTS = frozenset(
+    {
+        "dim",
+        "depth",
+        "stereo",
+        "num_stems",
+        "time_transformer_depth",
+        "freq_transformer_depth",
+        "linear_transformer_depth",
+        "dim_head",
+        "heads",
+        "attn_dropout",
+        "ff_dropout",
+        "stft_n_fft",
+        "stft_hop_length",
+        "stft_win_length",
+        "stft_normalized",
+        "mask_estimator_depth",
+        "mlp_expansion_factor",
+        "skip_connection",
+        "zero_dc",
+        "use_pope",
+    }
+)
+
+
 def model_arguments(
     section: Mapping[str, Any], accepted: frozenset[str], *, family: str
 ) -> dict[str, Any]:
