@@ -17,7 +17,6 @@ from the present one, since they are the same tensor.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,11 +27,11 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from models.errors import ModelLoadError, ModelMissingError
+from models.fetching import sha256_of
 
 WEIGHT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 WRAPPER_KEYS = ("state", "state_dict", "model_state_dict")  # unwrapped in this order, as MSST
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-HASH_BLOCK = 1 << 20
 SHOWN_KEYS = 5  # how many keys of each kind an error lists
 
 
@@ -92,15 +91,6 @@ def _first(items: list[str]) -> str:
     shown = ", ".join(items[:SHOWN_KEYS])
     rest = len(items) - SHOWN_KEYS
     return f"{shown}, and {rest} more" if rest > 0 else shown
-
-
-def sha256_of(path: Path) -> str:
-    """The hex sha256 of the file at `path`, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights(

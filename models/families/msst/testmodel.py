@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from models.families.msst.checkpoint import sha256_of
 from models.families.msst.config import MsstConfig, parse_config
 from models.families.msst.networks import build_network
+from models.fetching import sha256_of
 
 WEIGHT_FORMATS = ("ckpt", "pth", "safetensors")
 WEIGHT_NOISE = 0.05  # standard deviation of the shift added to each trainable parameter
