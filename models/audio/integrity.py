@@ -5,10 +5,12 @@ ADTS AAC and for an MP3 without a Xing/Info/VBRI frame it is a guess from the bi
 for a WAV whose data chunk claims more than the file holds it is cut to the file's size. A
 guess says nothing about truncation, so `declared_duration` keeps only lengths a header
 states: the WAV data chunk's size (read here, from the file's first bytes), FLAC's
-STREAMINFO, an MP3's VBR tag, the MP4 and Matroska durations and Ogg's last granule
-position. `Tally` counts what went wrong while decoding, and `integrity_warnings` turns a
-decoded track that falls short of its declaration, damaged packets, a demuxing error and
-bytes skipped before an MP3's first frame into sentences a user can act on.
+STREAMINFO, an MP3's VBR tag, the MP4 and Matroska durations. Ogg declares none: FFmpeg
+reads the last granule position of the file as it is, so a cut Ogg file looks whole and
+decodes without a warning. `Tally` counts what went wrong while decoding, and
+`integrity_warnings` turns a decoded track that falls short of its declaration, damaged
+packets, a demuxing error and bytes skipped before an MP3's first frame into sentences a
+user can act on.
 """
 
 from __future__ import annotations

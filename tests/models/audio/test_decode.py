@@ -397,6 +397,21 @@ def test_flac_cut_short_warns(tmp_path: Path) -> None:
     assert track.warnings == (shortfall(track.duration_s, 3.0),)
 
 
+def test_ogg_cut_short_decodes_without_a_warning(tmp_path: Path) -> None:
+    # Ogg declares no length: FFmpeg reads the last granule position of the file as it is,
+    # so a cut Ogg file looks whole. This pins what integrity.py documents.
+    path = tmp_path / "whole.ogg"
+    write_audio(
+        path, tone(48000, 3 * 48000, 2), rate=48000, layout="stereo", muxer="ogg", codec="libopus"
+    )
+    data = path.read_bytes()
+
+    track = decode(data[: len(data) // 2])
+
+    assert 0.5 < track.duration_s < 2.5
+    assert track.warnings == ()
+
+
 def twelve_second_mp3(tmp_path: Path) -> bytes:
     """A LAME MP3 of 12 s of stereo tone, with its Xing/Info header."""
     path = tmp_path / "song.mp3"
