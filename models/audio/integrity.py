@@ -28,7 +28,8 @@ from av.container import InputContainer
 SHORTFALL_TOLERANCE_S = 0.1
 
 # How much of a WAV file is read for its chunk headers: broadcast WAVs put bext, iXML and
-# JUNK chunks before the data, a few kilobytes in all.
+# JUNK chunks before the data, a few kilobytes in all. A data chunk that starts later is
+# not looked for: that file's length counts as undeclared, so a cut is not reported.
 WAV_HEAD_BYTES = 64 * 1024
 
 # FFmpeg's demuxers for which it computes a length from the bitrate, never from a header.

@@ -13,7 +13,7 @@ import pytest
 from av.audio.layout import AudioLayout
 
 from models.audio.decode import PROBE_PACKETS, DecodeLimits, Track, decode, probe_duration
-from models.audio.integrity import SHORTFALL_TOLERANCE_S
+from models.audio.integrity import SHORTFALL_TOLERANCE_S, WAV_HEAD_BYTES
 from models.errors import AudioError, AudioLimitError
 from tests.models.audio.media import (
     CHANNEL_HZ,
@@ -370,6 +370,33 @@ def test_wav_holding_less_than_its_header_declares_warns() -> None:
     track = decode(data)
     assert track.frames == 8000
     assert track.warnings == (shortfall(1.0, 12.0),)
+
+
+def with_junk_before_data(wav: bytes, junk: int) -> bytes:
+    """`wav` (a canonical 44-byte header) with a JUNK chunk of `junk` bytes before its data."""
+    riff_size = struct.unpack_from("<I", wav, 4)[0] + 8 + junk
+    return (
+        wav[:4]
+        + struct.pack("<I", riff_size)
+        + wav[8:36]
+        + b"JUNK"
+        + struct.pack("<I", junk)
+        + bytes(junk)
+        + wav[36:]
+    )
+
+
+def test_a_wav_data_chunk_is_read_only_within_the_head() -> None:
+    # Header says 12 s, the data holds 1 s. Within the first WAV_HEAD_BYTES the data chunk
+    # is found and the shortfall told; further in, the length counts as undeclared.
+    wav = wav_bytes(tone(8000, 8000, 1), 8000, data_size=12 * 8000 * 2)
+
+    near = decode(with_junk_before_data(wav, 4096))
+    far = decode(with_junk_before_data(wav, WAV_HEAD_BYTES))
+
+    assert near.frames == far.frames == 8000
+    assert near.warnings == (shortfall(1.0, 12.0),)
+    assert far.warnings == ()
 
 
 def test_a_shortfall_within_the_tolerance_is_no_warning() -> None:
