@@ -20,7 +20,6 @@ treat single networks and bags alike.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import yaml
@@ -29,6 +28,7 @@ from demucs.hf import get_hf_model, hf_repo_name, load_safetensors_model
 from demucs.states import load_model as load_demucs_package
 
 from models.errors import ModelLoadError, ModelMissingError
+from models.fetching import sha256_of
 
 WEIGHT_SUFFIXES = (".th", ".safetensors")
 
@@ -138,10 +138,6 @@ def _load_from_hub(name: str, looked: list[str]) -> BagOfModels | None:
 
 def verify_checksum(path: Path, expected: str) -> None:
     """Raise ModelLoadError unless the sha256 of `path` starts with `expected`."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    actual = digest.hexdigest()[: len(expected)]
+    actual = sha256_of(path)[: len(expected)]
     if actual != expected.lower():
         raise ModelLoadError(f"checksum mismatch for {path}: expected {expected}, got {actual}")
