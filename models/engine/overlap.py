@@ -25,10 +25,7 @@ class OverlapAdd:
         end = min(cut.start + cut.length, self.frames)
         if begin >= end:
             return
-        needed = end - self.done
-        if needed > self.buffer.shape[-1]:
-            grow = torch.zeros(*self.buffer.shape[:-1], needed - self.buffer.shape[-1])
-            self.buffer = torch.cat([self.buffer, grow], dim=-1)
+        self._hold(end - self.done)
         self.buffer[..., begin - self.done : end - self.done] += weighted[
             ..., begin - cut.start : end - cut.start
         ]
@@ -37,10 +34,14 @@ class OverlapAdd:
         """Hand back frames [done, upto): no cut added later may start before `upto`."""
         upto = min(max(upto, self.done), self.frames)
         count = upto - self.done
-        if count > self.buffer.shape[-1]:
-            grow = torch.zeros(*self.buffer.shape[:-1], count - self.buffer.shape[-1])
-            self.buffer = torch.cat([self.buffer, grow], dim=-1)
+        self._hold(count)
         block = self.buffer[..., :count]
         self.buffer = self.buffer[..., count:].clone()
         self.done = upto
         return block
+
+    def _hold(self, frames: int) -> None:
+        """Grow the buffer with silence until it holds `frames` frames past `done`."""
+        if frames > self.buffer.shape[-1]:
+            grow = torch.zeros(*self.buffer.shape[:-1], frames - self.buffer.shape[-1])
+            self.buffer = torch.cat([self.buffer, grow], dim=-1)
