@@ -39,7 +39,7 @@ from serve_app.http.probes import ServiceState
 from serve_app.http.wire import conversion, credits, eta_s, webhook_report
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter, Refusal, Slot
-from serve_app.store.blobs import BlobStore
+from serve_app.store.blobs import BlobMissingError, BlobStore
 from serve_app.store.faults import space_short
 from serve_app.store.layout import INPUT_SUFFIXES, new_input_key, stem_file
 from serve_app.store.queue import check_idempotency_key
@@ -279,6 +279,9 @@ class ExtractionApi:
         if record.files_expired_at is not None:
             raise FilesExpired("the files of this task were deleted after the retention time")
         for stem, key in record.results.items():
-            if stem_file(stem, record.spec.output_format) == name and self.blobs.exists(key):
-                return blob_response(self.blobs, key, name)
+            if stem_file(stem, record.spec.output_format) == name:
+                try:
+                    return blob_response(self.blobs, key, name)
+                except BlobMissingError:
+                    break  # deleted since, e.g. by a retention sweep
         raise NotFound("no such file")

@@ -160,6 +160,18 @@ def test_stem_files_are_served_to_their_owner_until_they_expire(api: Api) -> Non
     assert "retention time" in expired.json()["error"]
 
 
+def test_a_stem_whose_blob_is_gone_is_404(api: Api) -> None:
+    task = api.store.tasks.create(spec(owner="alice"))
+    assert api.store.tasks.claim("worker", 60.0) is not None
+    key = f"stems/{task.task_id}/drums.flac"
+    api.store.tasks.complete(
+        task.task_id, "worker", {"drums": key}, duration_s=1, conversion_cost=0
+    )  # the task names the blob, the store never got it
+    gone = api.client.get(f"{PREFIX}/files/{task.task_id}/drums.flac", headers=ALICE)
+    assert gone.status_code == 404
+    assert gone.json()["error"] == "no such file"
+
+
 def test_stems_lists_the_catalogues(api: Api) -> None:
     body = api.client.get(f"{PREFIX}/stems").json()
     assert body["preprocessing_options"] == list(STEPS)
