@@ -150,6 +150,15 @@ def test_wrong_existing_file_is_fetched_again(server: LoopbackServer, dest: Path
     assert result.outcome == FetchOutcome.DOWNLOADED
 
 
+def test_a_partial_file_over_the_limit_is_restarted(server: LoopbackServer, dest: Path) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(bytes(len(PAYLOAD) + 1))
+    result = fetch(server, dest, max_bytes=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+    assert [seen.range for seen in server.seen] == [None]  # from zero, not resumed
+    assert result.outcome == FetchOutcome.DOWNLOADED
+
+
 def test_declared_size_over_the_limit_keeps_nothing(server: LoopbackServer, dest: Path) -> None:
     with pytest.raises(FetchLimitError, match="over the limit"):
         fetch(server, dest, max_bytes=len(PAYLOAD) - 1)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.families.msst.config import safe_load_yaml
+from models.families.msst.mdx23c import MDX23C
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -58,3 +59,11 @@ def tiny_forward(family: str) -> tuple[torch.Tensor, np.ndarray]:
     """The tiny model's input batch and MSST's output for it."""
     with np.load(FIXTURES / family / "tiny_forward.npz") as archive:
         return torch.from_numpy(archive["input"]), archive["output"]
+
+
+def tiny_network() -> MDX23C:
+    """The tiny MDX23C fixture network with MSST's weights loaded strictly, in eval mode."""
+    network = MDX23C.from_msst(read_config(FIXTURES / "mdx23c" / "tiny.yaml"))
+    weights = np.load(FIXTURES / "mdx23c" / "tiny_model.npz")
+    network.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files}, strict=True)
+    return network.eval()

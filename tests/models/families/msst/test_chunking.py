@@ -15,7 +15,7 @@ import torch
 
 from models.families.msst.chunking import ChunkPlan, demix, fade_window, plan_chunks
 from models.families.msst.mdx23c import MDX23C
-from tests.models.families.msst.test_mdx23c import tiny_network
+from tests.models.families.msst.reference import tiny_network
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MDX23C_DEMIX = np.load(FIXTURES / "mdx23c" / "tiny_demix.npz")
@@ -180,9 +180,24 @@ def test_a_track_that_is_one_sample_is_separated() -> None:
 
 
 def test_a_model_returning_too_few_samples_is_refused() -> None:
-    with pytest.raises(ValueError, match="samples"):
+    with pytest.raises(ValueError, match="the model returned 10 samples for a chunk"):
         demix(
             lambda b: b[:, None, :, :10],
             torch.zeros(2, 500),
             **{"chunk_size": 100, "num_overlap": 2, "batch_size": 1},
         )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"chunk_size": 9, "num_overlap": 1, "batch_size": 1}, "chunk_size must be at least 10"),
+        ({"chunk_size": 100, "num_overlap": 0, "batch_size": 1}, "num_overlap must be in 1..100"),
+        ({"chunk_size": 100, "num_overlap": 101, "batch_size": 1}, "num_overlap must be in"),
+        ({"chunk_size": 100, "num_overlap": 2, "batch_size": 0}, "batch_size must be at least 1"),
+    ],
+)
+def test_a_plan_refuses_settings_outside_its_ranges(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_chunks(500, **settings)
+    assert plan_chunks(500, chunk_size=100, num_overlap=2, batch_size=1).chunks

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.families.msst.mdx23c import MDX23C, MDX23CConfig
-from tests.models.families.msst.reference import read_config
+from tests.models.families.msst.reference import read_config, tiny_network
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mdx23c"
 PUBLISHED = sorted((FIXTURES / "published").glob("*.yaml"))
@@ -20,14 +20,6 @@ def key_shapes(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     """The state-dict keys and shapes a keys.json records, in state_dict order."""
     entries = json.loads(path.read_text())["state_dict"]
     return [(key, tuple(shape)) for key, shape, *_ in entries]
-
-
-def tiny_network() -> MDX23C:
-    """The tiny fixture network with MSST's weights loaded strictly, in eval mode."""
-    network = MDX23C.from_msst(read_config(FIXTURES / "tiny.yaml"))
-    weights = np.load(FIXTURES / "tiny_model.npz")
-    network.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files}, strict=True)
-    return network.eval()
 
 
 def test_tiny_keys_and_shapes_are_msst_s() -> None:
