@@ -78,7 +78,7 @@ class Housekeeping:
     def __init__(self, args: AppArgs) -> None:
         self.retention = args.retention
         self.poll_s = args.pipeline.poll_s
-        self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
+        self.store = TaskStore(args.db_url())
         self.blobs = LocalBlobStore(args.data_path() / "blobs")
         self.work_dir = args.data_path() / "work"
         self.dispatcher = webhook_dispatcher(args, serve.get_replica_context().app_name)

@@ -258,7 +258,7 @@ class Pipeline:
             final = await self._process(record, folder, lost)
             status = "COMPLETED"
             log.info("task %s: completed in %.1f s", task_id, time.monotonic() - started)
-            if final is not None and final.duration_s:
+            if final.duration_s:
                 metrics.audio_seconds().inc(final.duration_s)
         except LeaseLostError:
             log.warning("task %s: lease lost to another replica; stopped", task_id)
@@ -353,9 +353,7 @@ class Pipeline:
         if not await asyncio.to_thread(self.store.tasks.set_note, task_id, self.worker, message):
             raise LeaseLostError()
 
-    async def _process(
-        self, record: TaskRecord, folder: Path, lost: asyncio.Event
-    ) -> TaskRecord | None:
+    async def _process(self, record: TaskRecord, folder: Path, lost: asyncio.Event) -> TaskRecord:
         spec = record.spec
         job = TrackJob.of(
             spec.stems, self.routing, fmt=spec.output_format, preprocessing=spec.preprocessing
