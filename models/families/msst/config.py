@@ -22,7 +22,7 @@ import yaml
 
 from models.errors import ModelLoadError
 
-MODEL_TYPES = ("mdx23c", "bs_roformer", "mel_band_roformer")
+MODEL_TYPES = ("mdx23c", "bs_roformer", "mel_band_roformer", "scnet")
 DEFAULT_SAMPLE_RATE = 44100
 DEFAULT_CHANNELS = 2
 MAX_CONFIG_BYTES = 1 << 20

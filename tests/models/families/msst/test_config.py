@@ -22,7 +22,7 @@ from models.families.msst.config import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FAMILIES = ("bs_roformer", "mel_band_roformer", "mdx23c")
+FAMILIES = ("bs_roformer", "mel_band_roformer", "mdx23c", "scnet")
 # (family, the config's path under the family's fixture folder)
 PUBLISHED = sorted(
     (family, f"published/{path.name}")
@@ -36,8 +36,8 @@ TINY = sorted(
 
 def test_every_family_has_its_fixtures() -> None:
     assert {family for family, _ in PUBLISHED} == set(FAMILIES)
-    assert len(PUBLISHED) == 8
-    assert len(TINY) == 5  # tiny.yaml for all three, tiny_single_stem.yaml for the roformers
+    assert len(PUBLISHED) == 10
+    assert len(TINY) == 6  # tiny.yaml for all four, tiny_single_stem.yaml for the roformers
 
 
 @pytest.mark.parametrize(("family", "config_path"), PUBLISHED)
@@ -65,6 +65,11 @@ def test_roformer_tuples_are_tuples_and_sum_to_the_bins(family: str, config_path
         assert isinstance(model["scale"], list)
         assert model["scale"] == [2, 2]
         return
+    if family == "scnet":
+        # SCNet's lists are plain YAML lists; its band shares cover all the bins.
+        assert isinstance(model["band_SR"], list)
+        assert sum(model["band_SR"]) == pytest.approx(1.0)
+        return
     windows = model["multi_stft_resolutions_window_sizes"]
     assert isinstance(windows, tuple)
     assert all(isinstance(size, int) for size in windows)
@@ -91,6 +96,10 @@ def test_tiny_configs_say_what_the_readme_says() -> None:
     assert mdx.audio["n_fft"] == 1024
     assert mdx.audio["hop_length"] == 256
     assert mdx.audio["dim_f"] == 256
+    scnet = read_config(FIXTURES / "scnet" / "tiny.yaml", model_type="scnet")
+    assert (scnet.chunk_size, scnet.num_overlap, scnet.batch_size) == (16000, 4, 1)
+    assert scnet.output_names == tuple(scnet.model["sources"]) == ("vocals", "other")
+    assert scnet.channels == scnet.model["audio_channels"] == 2
 
 
 def test_loader_gives_fullloaders_values_without_its_powers() -> None:

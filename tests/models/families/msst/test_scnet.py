@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from models.families.msst.chunking import demix
+from models.families.msst.config import MsstConfigError, parse_config
+from models.families.msst.networks import build_network
 from models.families.msst.scnet import Band, SCNet, SCNetConfigError, band_edges
 from tests.models.families.msst.reference import (
     FIXTURES,
@@ -107,3 +109,11 @@ def test_bands_split_the_bins_as_msst_does() -> None:
 def test_a_network_it_cannot_build_is_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(SCNetConfigError, match=message):
         SCNet.from_config({**TINY["model"], **change})
+
+
+def test_the_model_and_audio_channels_must_agree() -> None:
+    text = (FIXTURES / FAMILY / "tiny.yaml").read_text(encoding="utf-8")
+    mono = text.replace("  num_channels: 2\n", "  num_channels: 1\n", 1)
+    config = parse_config(mono, model_type=FAMILY, source="mono.yaml")
+    with pytest.raises(MsstConfigError, match=r"mono\.yaml: model\.audio_channels is 2"):
+        build_network(config)

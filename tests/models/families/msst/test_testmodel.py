@@ -25,7 +25,7 @@ from tests.models.families.msst.reference import (
     published_configs,
 )
 
-FAMILIES = ("bs_roformer", "mel_band_roformer", "mdx23c")
+FAMILIES = ("bs_roformer", "mel_band_roformer", "mdx23c", "scnet")
 PUBLISHED = [(family, path) for family in FAMILIES for path in published_configs(family)]
 
 
@@ -139,7 +139,7 @@ def test_config_of_another_family_is_a_config_error(tmp_path: Path) -> None:
 
 def test_unknown_model_type_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(MsstConfigError, match="unknown MSST model type"):
-        make_msst_test_model("scnet", tiny_config("mdx23c"), tmp_path, name="m")
+        make_msst_test_model("htdemucs", tiny_config("mdx23c"), tmp_path, name="m")
 
 
 @pytest.mark.parametrize(
