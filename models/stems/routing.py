@@ -4,10 +4,23 @@ The routing is data, not code (`models.yaml` beside this module by default, ship
 the package). Its schema::
 
     models:                      # required, at least one entry
-      <key>:                     # model key: the pass name and, later, the Separator name
+      <key>:                     # model key: the pass name and the Separator name
         family: demucs           # required; a family of models.families.FAMILIES
-        weights: <name>          # required; what the family loads, e.g. a demucs hub name
-        checksum: <hex>          # optional; sha256 (or a prefix of it) of the weights file
+        weights: <name>          # required; what the family loads: a demucs hub name, or
+                                 # a file in the model folder (MSST: <name>.ckpt)
+        config: <file>           # MSST families only, required there: the YAML config
+        sha256: <hex>            # optional; sha256 of the weights file (8-64 hex digits:
+                                 # a prefix is enough), quoted
+        config_sha256: <hex>     # optional; the same for the config file
+        source:                  # optional; where `python -m models fetch` downloads
+          weights: <url>         #   the weights file (http or https)
+          config: <url>          #   the config file (MSST)
+        licence: <text>          # optional, default "unstated": the licence as published
+        quality:                 # optional: published figures, as published
+          - {stem: <stem>, sdr: <dB>, measured_on: <dataset>}
+        inference:               # optional, MSST families: override the config's
+          batch_size: <n>        #   inference.batch_size and inference.num_overlap
+          num_overlap: <n>
         input: mixture           # optional, default mixture; or a stem another model outputs
         outputs:                 # required, at least one: catalogue stem -> model source name
           <stem>: <source>
@@ -15,10 +28,15 @@ the package). Its schema::
       <stem>:                    # a catalogue stem computed from others, not by a model
         from: <base>             # required; mixture, a model output or another derived stem
         minus: [<stem>, ...]     # required, at least one; subtracted from the base
+    preprocessing:               # optional: a trained model for a preprocessing step
+      <step>:                    # Denoise, Deecho or Dereverb
+        <model fields>           # family, weights, config, sha256, source, licence, ...
+        output: <source>         # required: the model output that is the cleaned track
 
 Every stem is produced once: by one model or by one derivation. A model's input must
 be the mixture or another model's output, never a derived stem, because derivations
 run after all model passes. Cascades and derivations must not depend on themselves.
+A preprocessing model serves its step instead of DSP; its key is the step name.
 Anything else is refused with a RoutingError that names the model key, field and value.
 """
 
@@ -34,17 +52,33 @@ from typing import Any, TypeVar
 import yaml
 
 from models.errors import RoutingError
-from models.families import FAMILIES
+from models.families import CONFIGURED_FAMILIES, FAMILIES
+from models.preprocess.catalogue import STEPS
 from models.stems.catalogue import ALL_STEMS, MIXTURE
 
 # Package data, so an installed wheel finds it as a source checkout does.
 DEFAULT_ROUTING_PATH: Path = Path(__file__).resolve().with_name("models.yaml")
 
-_TOP_KEYS = frozenset({"models", "derived"})
-_MODEL_KEYS = frozenset({"family", "weights", "checksum", "input", "outputs"})
-_REQUIRED_MODEL_KEYS = ("family", "weights", "outputs")
+_TOP_KEYS = frozenset({"models", "derived", "preprocessing"})
+_COMMON_KEYS = frozenset(
+    {"family", "weights", "config", "sha256", "config_sha256", "source", "licence", "quality"}
+    | {"inference"}
+)
+_MODEL_KEYS = _COMMON_KEYS | {"input", "outputs"}
+_STEP_KEYS = _COMMON_KEYS | {"output"}
+_SOURCE_KEYS = frozenset({"weights", "config"})
+_QUALITY_KEYS = frozenset({"stem", "sdr", "measured_on"})
+_INFERENCE_KEYS = frozenset({"batch_size", "num_overlap"})
 _DERIVED_KEYS = frozenset({"from", "minus"})
-_HEX = re.compile(r"[0-9a-fA-F]{1,64}")
+_HEX = re.compile(r"[0-9a-fA-F]{8,64}")
+_URL = re.compile(r"https?://[^\s]+")
+UNSTATED = "unstated"
+# Licences that allow any use with attribution at most: `python -m models fetch` asks
+# for an explicit --accept-licence for every other licence, `unstated` included.
+PERMISSIVE_LICENCES = frozenset(
+    {"MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "CC0-1.0", "CC-BY-4.0"}
+    | {"Unlicense"}
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -79,15 +113,46 @@ class FrozenMapping(Mapping[K, V]):
 
 
 @dataclass(frozen=True)
+class QualityFigure:
+    """A published quality figure: SDR of one stem in dB, and what it was measured on."""
+
+    stem: str
+    sdr: float
+    measured_on: str
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """One configured model: its weights, what it reads and which stems it writes."""
+    """One configured model: its weights, what it reads and which stems it writes, and
+    where it comes from (download addresses, licence, published quality)."""
 
     name: str
     family: str
     weights: str
-    checksum: str | None
+    sha256: str | None
     input: str
     outputs: Mapping[str, str]
+    config: str | None = None
+    config_sha256: str | None = None
+    weights_url: str | None = None
+    config_url: str | None = None
+    licence: str = UNSTATED
+    quality: tuple[QualityFigure, ...] = ()
+    inference: Mapping[str, int] = FrozenMapping({})
+
+    @property
+    def permissive(self) -> bool:
+        """Whether the weights' licence allows any use (see PERMISSIVE_LICENCES)."""
+        return self.licence in PERMISSIVE_LICENCES
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """A trained model serving a preprocessing step: its `output` is the cleaned track."""
+
+    step: str
+    model: ModelEntry
+    output: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +170,13 @@ class Routing:
 
     models: Mapping[str, ModelEntry]
     derived: Mapping[str, DerivedStem]
+    preprocessing: Mapping[str, StepModel] = FrozenMapping({})
+
+    def all_models(self) -> dict[str, ModelEntry]:
+        """Every model by key: the stem models, then the preprocessing models."""
+        found = dict(self.models)
+        found.update({name: step.model for name, step in self.preprocessing.items()})
+        return found
 
     def model_for(self, stem: str) -> ModelEntry | None:
         """Return the model that outputs `stem`, or None if no model does."""
@@ -163,13 +235,24 @@ def parse_routing(document: Mapping[str, Any]) -> Routing:
     derived_doc = document.get("derived") or {}
     if not isinstance(derived_doc, Mapping):
         raise RoutingError("'derived' must be a mapping of stem -> derivation")
+    steps_doc = document.get("preprocessing") or {}
+    if not isinstance(steps_doc, Mapping):
+        raise RoutingError("'preprocessing' must be a mapping of step -> model entry")
 
     models = {key: _parse_model(key, entry) for key, entry in models_doc.items()}
     derived = {name: _parse_derived(name, entry) for name, entry in derived_doc.items()}
+    steps = {name: _parse_step(name, entry) for name, entry in steps_doc.items()}
+    clash = sorted(set(steps) & set(models))
+    if clash:
+        raise RoutingError(f"model key(s) {', '.join(map(repr, clash))} name a preprocessing step")
     producers = _check_single_producer(models, derived)
     _check_model_inputs(models, producers)
     _check_derived_inputs(derived, producers)
-    return Routing(models=FrozenMapping(models), derived=FrozenMapping(derived))
+    return Routing(
+        models=FrozenMapping(models),
+        derived=FrozenMapping(derived),
+        preprocessing=FrozenMapping(steps),
+    )
 
 
 def _check_stem(where: str, value: object) -> str:
@@ -190,43 +273,144 @@ def _parse_model(key: object, entry: object) -> ModelEntry:
     """Check one `models` entry's fields on their own and build its ModelEntry."""
     name = _text("model key", key)
     where = f"model {name!r}"
+    fields = _fields(where, entry, _MODEL_KEYS, ("family", "weights", "outputs"))
+    source = fields.get("input", MIXTURE)
+    model_input = MIXTURE if source == MIXTURE else _check_stem(f"{where} field 'input'", source)
+    return _entry(name, where, fields, model_input, _parse_outputs(where, fields["outputs"]))
+
+
+def _parse_step(key: object, entry: object) -> StepModel:
+    """Check one `preprocessing` entry and build its StepModel (model key = step name)."""
+    if key not in STEPS:
+        raise RoutingError(
+            f"preprocessing: {key!r} is not a preprocessing step; steps: {', '.join(STEPS)}"
+        )
+    name = str(key)
+    where = f"preprocessing step {name!r}"
+    fields = _fields(where, entry, _STEP_KEYS, ("family", "weights", "output"))
+    output = _text(f"{where} field 'output'", fields["output"])
+    return StepModel(step=name, model=_entry(name, where, fields, MIXTURE, {}), output=output)
+
+
+def _fields(
+    where: str, entry: object, allowed: frozenset[str], required: tuple[str, ...]
+) -> Mapping[str, Any]:
+    """`entry` as a mapping, refusing unknown and missing fields."""
     if not isinstance(entry, Mapping):
         raise RoutingError(f"{where}: expected a mapping of fields, got {entry!r}")
-    unknown = sorted(str(field) for field in entry if field not in _MODEL_KEYS)
+    unknown = sorted(str(field) for field in entry if field not in allowed)
     if unknown:
         raise RoutingError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
-    missing = [field for field in _REQUIRED_MODEL_KEYS if entry.get(field) is None]
+    missing = [field for field in required if entry.get(field) is None]
     if missing:
         raise RoutingError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    return entry
 
-    family = _text(f"{where} field 'family'", entry["family"])
+
+def _entry(
+    name: str,
+    where: str,
+    fields: Mapping[str, Any],
+    model_input: str,
+    outputs: Mapping[str, str],
+) -> ModelEntry:
+    """The fields a stem model and a preprocessing model share, checked."""
+    family = _text(f"{where} field 'family'", fields["family"])
     if family not in FAMILIES:
         raise RoutingError(
             f"{where} field 'family': unknown family {family!r}; "
             f"known: {', '.join(sorted(FAMILIES))}"
         )
-    source = entry.get("input", MIXTURE)
-    model_input = MIXTURE if source == MIXTURE else _check_stem(f"{where} field 'input'", source)
+    configured = family in CONFIGURED_FAMILIES
+    config = fields.get("config")
+    if configured and config is None:
+        raise RoutingError(f"{where}: a {family} model needs field 'config' (its YAML file)")
+    if not configured and (config is not None or fields.get("inference") is not None):
+        field = "config" if config is not None else "inference"
+        raise RoutingError(f"{where} field {field!r}: a {family} model takes none")
+    urls = _parse_source(where, fields.get("source"))
+    licence = fields.get("licence", UNSTATED)
     return ModelEntry(
         name=name,
         family=family,
-        weights=_text(f"{where} field 'weights'", entry["weights"]),
-        checksum=_parse_checksum(where, entry.get("checksum")),
+        weights=_file_or_name(f"{where} field 'weights'", fields["weights"], configured),
+        sha256=_parse_sha256(f"{where} field 'sha256'", fields.get("sha256")),
         input=model_input,
-        outputs=FrozenMapping(_parse_outputs(where, entry["outputs"])),
+        outputs=FrozenMapping(outputs),
+        config=None if config is None else _file_or_name(f"{where} field 'config'", config, True),
+        config_sha256=_parse_sha256(f"{where} field 'config_sha256'", fields.get("config_sha256")),
+        weights_url=urls.get("weights"),
+        config_url=urls.get("config"),
+        licence=_text(f"{where} field 'licence'", licence),
+        quality=_parse_quality(where, fields.get("quality")),
+        inference=FrozenMapping(_parse_inference(where, fields.get("inference"))),
     )
 
 
-def _parse_checksum(where: str, value: object) -> str | None:
+def _file_or_name(where: str, value: object, plain_file: bool) -> str:
+    """A weights or config name; a plain file name (no folders) for files in model_dir."""
+    text = _text(where, value)
+    if plain_file and (text in (".", "..") or Path(text).name != text):
+        raise RoutingError(f"{where}: {text!r} must be a plain file name in the model folder")
+    return text
+
+
+def _parse_sha256(where: str, value: object) -> str | None:
     """Return the checksum as lowercase hex, or None when it is absent."""
     if value is None:
         return None
     # YAML reads an all-digit checksum as a number, so insist on a quoted string.
     if not isinstance(value, str) or not _HEX.fullmatch(value):
-        raise RoutingError(
-            f"{where} field 'checksum': {value!r} is not a quoted hex string of 1-64 digits"
-        )
+        raise RoutingError(f"{where}: {value!r} is not a quoted hex string of 8-64 digits")
     return value.lower()
+
+
+def _parse_source(where: str, value: object) -> dict[str, str]:
+    """The download addresses of a model's files."""
+    if value is None:
+        return {}
+    fields = _fields(f"{where} field 'source'", value, _SOURCE_KEYS, ())
+    urls = {}
+    for name, url in fields.items():
+        if not isinstance(url, str) or not _URL.fullmatch(url):
+            raise RoutingError(f"{where} field 'source' {name!r}: {url!r} is not an http(s) URL")
+        urls[str(name)] = url
+    return urls
+
+
+def _parse_quality(where: str, value: object) -> tuple[QualityFigure, ...]:
+    """Published figures: a list of {stem, sdr, measured_on}."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RoutingError(f"{where} field 'quality': expected a list, got {value!r}")
+    figures = []
+    for item in value:
+        fields = _fields(f"{where} field 'quality'", item, _QUALITY_KEYS, tuple(_QUALITY_KEYS))
+        sdr = fields["sdr"]
+        if isinstance(sdr, bool) or not isinstance(sdr, int | float):
+            raise RoutingError(f"{where} field 'quality': sdr {sdr!r} is not a number")
+        figures.append(
+            QualityFigure(
+                stem=_text(f"{where} field 'quality' stem", fields["stem"]),
+                sdr=float(sdr),
+                measured_on=_text(f"{where} field 'quality' measured_on", fields["measured_on"]),
+            )
+        )
+    return tuple(figures)
+
+
+def _parse_inference(where: str, value: object) -> dict[str, int]:
+    """Overrides of an MSST config's inference section: positive integers."""
+    if value is None:
+        return {}
+    fields = _fields(f"{where} field 'inference'", value, _INFERENCE_KEYS, ())
+    for name, number in fields.items():
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise RoutingError(
+                f"{where} field 'inference' {name!r}: {number!r} is not a positive integer"
+            )
+    return {str(name): int(number) for name, number in fields.items()}
 
 
 def _parse_outputs(where: str, value: object) -> dict[str, str]:

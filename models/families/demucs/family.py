@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from demucs.apply import BagOfModels
 
-from models.engine.cuts import transition_weight
-from models.engine.geometry import Geometry, Tiling
+from models.engine.cuts import SegmentTiling, transition_weight
+from models.engine.geometry import Geometry
 from models.families.demucs.loading import load_model
 from models.stems.routing import ModelEntry
 
 # Triangular cross-fades, silence beyond the track, shifts of up to half a second,
 # the mix normalised on its channel mean: demucs's apply_model and separator.
-TILING = Tiling(weight=transition_weight, padding="zeros", max_shift_s=0.5, normalise=True)
+TILING = SegmentTiling(weight=transition_weight, padding="zeros", max_shift_s=0.5, normalise=True)
 
 
 def geometry_of(bag: BagOfModels) -> Geometry:
@@ -82,9 +82,7 @@ class DemucsFamily:
         self, entry: ModelEntry, *, model_dir: Path | None = None, use_hub: bool = True
     ) -> DemucsModel:
         """The bag `entry` names, as a `DemucsModel`."""
-        bag = load_model(
-            entry.weights, model_dir=model_dir, use_hub=use_hub, checksum=entry.checksum
-        )
+        bag = load_model(entry.weights, model_dir=model_dir, use_hub=use_hub, checksum=entry.sha256)
         return DemucsModel(bag)
 
 

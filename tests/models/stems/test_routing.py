@@ -31,7 +31,7 @@ def base_document() -> dict[str, Any]:
             "drumparts": {
                 "family": "demucs",
                 "weights": "drumparts.th",
-                "checksum": "ABCdef0123",
+                "sha256": "ABCdef0123",
                 "input": "drums",
                 "outputs": {"kick_drum": "kick", "snare_drum": "snare"},
             },
@@ -64,7 +64,7 @@ def test_default_routing_entries() -> None:
     model = routing.models["htdemucs_6s"]
     assert model.family == "demucs"
     assert model.weights == "htdemucs_6s"
-    assert model.checksum is None
+    assert model.sha256 is None
     assert model.input == MIXTURE
     assert dict(model.outputs) == {s: s for s in ("drums", "bass", "vocals", "guitar", "piano")}
     assert routing.derived["instrumental"] == DerivedStem("instrumental", MIXTURE, ("vocals",))
@@ -78,7 +78,7 @@ def test_cascade_routing_parses() -> None:
     drumparts = routing.models["drumparts"]
     assert drumparts.name == "drumparts"
     assert drumparts.input == "drums"
-    assert drumparts.checksum == "abcdef0123"
+    assert drumparts.sha256 == "abcdef0123"
     assert routing.models["htdemucs_6s"].input == MIXTURE
     assert routing.model_for("snare_drum") is drumparts
     assert routing.served_stems() == (
@@ -190,9 +190,24 @@ INVALID = [
         (*HT, "input"), "kick_drum", r"cascade cycle 'htdemucs_6s' -> 'drumparts'", id="cycle"
     ),
     pytest.param((*DP, "input"), "snare_drum", r"cascade cycle 'drumparts'", id="self-cycle"),
-    pytest.param((*DP, "checksum"), "xyz", r"'drumparts' field 'checksum': 'xyz'", id="checksum"),
-    pytest.param((*DP, "checksum"), 1234, r"'drumparts' field 'checksum': 1234", id="checksum-int"),
-    pytest.param((*DP, "checksum"), "a" * 65, r"'drumparts' field 'checksum'", id="checksum-long"),
+    pytest.param((*DP, "sha256"), "xyz", r"'drumparts' field 'sha256': 'xyz'", id="sha256"),
+    pytest.param((*DP, "sha256"), 12345678, r"'drumparts' field 'sha256': 1234", id="sha256-int"),
+    pytest.param((*DP, "sha256"), "a" * 65, r"'drumparts' field 'sha256'", id="sha256-long"),
+    pytest.param((*DP, "sha256"), "abc", r"'drumparts' field 'sha256'", id="sha256-short"),
+    pytest.param((*DP, "config"), "x.yaml", r"'drumparts' field 'config'.*takes none", id="config"),
+    pytest.param((*DP, "source"), {"weights": "ftp://x"}, r"is not an http", id="source-url"),
+    pytest.param((*DP, "source"), {"model": "https://x"}, r"unknown field.*'model'", id="source"),
+    pytest.param((*DP, "licence"), "", r"'drumparts' field 'licence'", id="licence"),
+    pytest.param((*DP, "quality"), {"sdr": 1}, r"field 'quality': expected a list", id="quality"),
+    pytest.param(
+        (*DP, "quality"),
+        [{"stem": "kick_drum", "sdr": "high", "measured_on": "x"}],
+        r"sdr 'high' is not a number",
+        id="quality-sdr",
+    ),
+    pytest.param(
+        (*DP, "quality"), [{"stem": "kick_drum"}], r"missing field.*'sdr'", id="quality-fields"
+    ),
     pytest.param(("derived", "cowbell"), {}, r"'cowbell' is not a catalogue stem", id="derived"),
     pytest.param(INSTR, ["vocals"], r"'instrumental': expected a mapping", id="derived-shape"),
     pytest.param((*INSTR, "to"), "x", r"'instrumental': unknown field.*'to'", id="derived-field"),
@@ -281,11 +296,107 @@ def test_valid_file_loads(tmp_path: Path) -> None:
         "  m:\n"
         "    family: demucs\n"
         "    weights: m.th\n"
-        "    checksum: '0123'\n"
+        "    sha256: '01234567'\n"
         "    outputs: {bass: bass}\n",
         encoding="utf-8",
     )
     routing = load_routing(config)
-    assert routing.models["m"].checksum == "0123"
+    assert routing.models["m"].sha256 == "01234567"
     assert routing.served_stems() == ("bass",)
     assert dict(routing.derived) == {}
+
+
+def msst_document() -> dict[str, Any]:
+    """The base routing plus an MSST karaoke cascade and a trained Dereverb step."""
+    document = base_document()
+    document["models"]["karaoke"] = {
+        "family": "mel_band_roformer",
+        "weights": "karaoke.ckpt",
+        "config": "karaoke.yaml",
+        "sha256": "a" * 64,
+        "config_sha256": "b" * 8,
+        "source": {"weights": "https://example.test/k.ckpt", "config": "http://e.test/k.yaml"},
+        "licence": "CC-BY-NC-4.0",
+        "quality": [{"stem": "lead_vocal", "sdr": 10.2, "measured_on": "a test set"}],
+        "inference": {"batch_size": 2, "num_overlap": 4},
+        "input": "vocals",
+        "outputs": {"lead_vocal": "karaoke"},
+    }
+    document["derived"]["back_vocal"] = {"from": "vocals", "minus": ["lead_vocal"]}
+    document["preprocessing"] = {
+        "Dereverb": {
+            "family": "bs_roformer",
+            "weights": "dereverb.ckpt",
+            "config": "dereverb.yaml",
+            "licence": "MIT",
+            "output": "noreverb",
+        }
+    }
+    return document
+
+
+def test_msst_entries_keep_their_provenance() -> None:
+    routing = parse_routing(msst_document())
+    karaoke = routing.models["karaoke"]
+    assert (karaoke.family, karaoke.weights, karaoke.config) == (
+        "mel_band_roformer",
+        "karaoke.ckpt",
+        "karaoke.yaml",
+    )
+    assert (karaoke.sha256, karaoke.config_sha256) == ("a" * 64, "b" * 8)
+    assert karaoke.weights_url == "https://example.test/k.ckpt"
+    assert karaoke.config_url == "http://e.test/k.yaml"
+    assert karaoke.licence == "CC-BY-NC-4.0" and not karaoke.permissive
+    assert karaoke.quality[0].sdr == pytest.approx(10.2)
+    assert dict(karaoke.inference) == {"batch_size": 2, "num_overlap": 4}
+    assert routing.models["htdemucs_6s"].licence == "unstated"
+    assert {"lead_vocal", "back_vocal"} <= set(routing.served_stems())
+
+
+def test_preprocessing_models_are_keyed_by_step() -> None:
+    routing = parse_routing(msst_document())
+    step = routing.preprocessing["Dereverb"]
+    assert (step.step, step.output, step.model.name) == ("Dereverb", "noreverb", "Dereverb")
+    assert step.model.permissive
+    assert set(routing.all_models()) == {"htdemucs_6s", "drumparts", "karaoke", "Dereverb"}
+
+
+KA = ("models", "karaoke")
+DR = ("preprocessing", "Dereverb")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        pytest.param(
+            (*KA, "config"), None, r"'karaoke': a mel_band_roformer model needs", id="cfg"
+        ),
+        pytest.param((*KA, "config"), "../k.yaml", r"plain file name", id="cfg-path"),
+        pytest.param((*KA, "weights"), "a/k.ckpt", r"plain file name", id="weights-path"),
+        pytest.param((*KA, "inference"), {"batch_size": 0}, r"not a positive", id="inference"),
+        pytest.param((*KA, "inference"), {"chunk": 2}, r"unknown field.*'chunk'", id="inf-key"),
+        pytest.param((*DR, "output"), None, r"missing field.*'output'", id="step-output"),
+        pytest.param((*DR, "outputs"), {"vocals": "x"}, r"unknown field.*'outputs'", id="step-f"),
+        pytest.param(("preprocessing", "Declip"), {}, r"'Declip' is not a preprocessing", id="st"),
+        pytest.param(("models", "Dereverb"), {}, r"expected a mapping|missing", id="clash"),
+    ],
+)
+def test_invalid_msst_routing_is_refused(path: tuple[str, ...], value: Any, message: str) -> None:
+    document = msst_document()
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    if value is None:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    with pytest.raises(RoutingError, match=message):
+        parse_routing(document)
+
+
+def test_a_model_key_may_not_name_a_step() -> None:
+    document = msst_document()
+    document["models"]["Dereverb"] = copy.deepcopy(document["models"]["drumparts"])
+    document["models"]["Dereverb"]["outputs"] = {"toms": "toms"}
+    with pytest.raises(RoutingError, match=r"model key\(s\) 'Dereverb' name a preprocessing step"):
+        parse_routing(document)
