@@ -1,22 +1,25 @@
 """Cutting a track into segments, each segment's model window and cross-fade weight.
 
-The cutting rules are demucs's (segment length, stride, `TensorChunk.padded` context,
-`center_trim`), reproduced exactly so that results agree with `demucs.apply.apply_model`
-to float precision; the cross-fade weight, the padding beyond the track and the shift
-range come from the model's `Tiling`.
+`Cut` is the engine's unit of work, whatever the tiling. `SegmentTiling` is the tiling of
+demucs's `apply_model` (segment length, stride, `TensorChunk.padded` context,
+`center_trim`), reproduced exactly so that results agree with it to float precision; the
+cross-fade weight, the padding beyond the track and the shift range are its fields, so a
+family that tiles the same way with another fade only sets those.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 from models.engine.geometry import Geometry
+
+PADDINGS = ("zeros", "reflect")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,57 @@ class Cut:
     window_start: int  # first frame of the model input; outside the track reads as silence
     window_length: int
     shift: int  # index of the shift this cut belongs to
+
+
+@dataclass(frozen=True)
+class SegmentTiling:
+    """Tiling by a fraction of overlap between fixed segments, as demucs's apply_model."""
+
+    # The cross-fade weight over one segment of n frames (demucs: triangular).
+    weight: Callable[[int], torch.Tensor]
+    # What a window reads beyond the track: "zeros" (silence) or "reflect" (the
+    # track mirrored at its edge, as far as the window's own frames reach).
+    padding: str
+    # The shift trick: each shift puts up to this many seconds of silence in front;
+    # 0 for a family whose inference takes no shifts.
+    max_shift_s: float
+    # Normalise the mix by the mean and spread of its channel mean before the model
+    # and scale the stems back after.
+    normalise: bool
+
+    def __post_init__(self) -> None:
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.max_shift_s < 0:
+            raise ValueError(f"max_shift_s must not be negative, got {self.max_shift_s}")
+
+    def tile(
+        self, frames: int, geometry: Geometry, *, overlap: float, shifts: int, seed: int
+    ) -> SegmentTiles:
+        """The cuts of a track, every shift merged, with their weights."""
+        cuts = cut_track(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
+        return SegmentTiles(cuts, CutWeights(cuts, geometry, shifts=shifts), self.padding)
+
+
+class SegmentTiles:
+    """A track's cuts under a `SegmentTiling`."""
+
+    def __init__(self, cuts: list[Cut], weights: CutWeights, padding: str) -> None:
+        self.cuts = cuts
+        self.weights = weights
+        self.padding = padding
+
+    def window(self, mix: torch.Tensor, cut: Cut, mean: float, scale: float) -> torch.Tensor:
+        """The model input of `cut` (see `window`)."""
+        return window(mix, cut, mean, scale, padding=self.padding)
+
+    def trim(self, output: torch.Tensor, cut: Cut) -> torch.Tensor:
+        """The delivered frames of the output (see `trim`)."""
+        return trim(output, cut)
+
+    def weight(self, cut: Cut) -> torch.Tensor:
+        """The normalised cross-fade weight of `cut`."""
+        return self.weights(cut)
 
 
 def transition_weight(segment_length: int, power: float = 1.0) -> torch.Tensor:
@@ -57,7 +111,7 @@ def cut_track(
     else:
         # The shift trick: each shift pads the track with up to max_shift_s of
         # silence in front, as apply_model does, drawing offsets the same way.
-        max_shift = int(geometry.tiling.max_shift_s * geometry.samplerate)
+        max_shift = int(getattr(geometry.tiling, "max_shift_s", 0.0) * geometry.samplerate)
         if max_shift == 0:
             raise ValueError("this model takes no shifts; use shifts=0")
         rng = random.Random(seed)
@@ -82,7 +136,10 @@ class CutWeights:
     Computed per cut on demand, so memory does not grow with the number of cuts."""
 
     def __init__(self, cuts: Sequence[Cut], geometry: Geometry, *, shifts: int = 0) -> None:
-        self.base = geometry.tiling.weight(geometry.segment_length)
+        tiling = geometry.tiling
+        if not isinstance(tiling, SegmentTiling):
+            raise TypeError(f"CutWeights needs a SegmentTiling, got {type(tiling).__name__}")
+        self.base = tiling.weight(geometry.segment_length)
         self.scale = 1.0 / max(shifts, 1)
         self.by_shift: dict[int, list[Cut]] = {}
         for cut in cuts:

@@ -2,40 +2,62 @@
 segment (`Geometry`), and how its family's published inference tiles windows (`Tiling`).
 
 A family describes its models with these; the engine reads nothing else of a model, so a
-family whose inference fades or pads windows differently plugs in without engine changes.
+family whose inference cuts, fades or pads windows differently plugs in its own `Tiling`
+without engine changes. The demucs rules are `models.engine.cuts.SegmentTiling`; MSST's
+chunked inference is `models.families.msst.chunking.ChunkTiling`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-PADDINGS = ("zeros", "reflect")
+if TYPE_CHECKING:
+    from models.engine.cuts import Cut
 
 
-@dataclass(frozen=True)
-class Tiling:
-    """How windows are cut and cross-faded, as a family's own inference does it."""
+class Tiles(Protocol):
+    """One track's cuts under a tiling, and how each cut's window is read and weighted."""
 
-    # The cross-fade weight over one segment of n frames (demucs: triangular).
-    weight: Callable[[int], torch.Tensor]
-    # What a window reads beyond the track: "zeros" (silence) or "reflect" (the
-    # track mirrored at its edge, as far as the window's own frames reach).
-    padding: str
-    # The shift trick: each shift puts up to this many seconds of silence in front;
-    # 0 for a family whose inference takes no shifts.
-    max_shift_s: float
-    # Normalise the mix by the mean and spread of its channel mean before the model
-    # and scale the stems back after.
-    normalise: bool
+    @property
+    def cuts(self) -> Sequence[Cut]:
+        """Every cut, ordered by start."""
+        ...
 
-    def __post_init__(self) -> None:
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        if self.max_shift_s < 0:
-            raise ValueError(f"max_shift_s must not be negative, got {self.max_shift_s}")
+    def window(self, mix: torch.Tensor, cut: Cut, mean: float, scale: float) -> torch.Tensor:
+        """The model input of `cut` from the (channels, frames) mix, normalised by `mean`
+        and `scale`: (channels, cut.window_length)."""
+        ...
+
+    def trim(self, output: torch.Tensor, cut: Cut) -> torch.Tensor:
+        """The delivered frames (..., cut.length) of the model's output for `cut`."""
+        ...
+
+    def weight(self, cut: Cut) -> torch.Tensor:
+        """The cut's cross-fade weight over its delivered frames, already divided by the
+        weight sum of every cut at each frame: overlap-adding needs no final division."""
+        ...
+
+
+class Tiling(Protocol):
+    """How a family's published inference tiles a track; picklable, so a Separator can
+    describe its model to the Pipeline."""
+
+    @property
+    def normalise(self) -> bool:
+        """Whether the mix is normalised by the mean and spread of its channel mean before
+        the model, and the stems scaled back after."""
+        ...
+
+    def tile(
+        self, frames: int, geometry: Geometry, *, overlap: float, shifts: int, seed: int
+    ) -> Tiles:
+        """The cuts of a track of `frames` frames. `overlap` and `shifts` are the engine
+        options; a tiling that has its own overlap or takes no shifts says so here."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 This computes what `demucs.apply.apply_model(model, mix, split=True, overlap=...,
 shifts=...)` computes, with three differences that the service needs:
 
-- the unit of work is a segment, not a track: `cut_track` turns a track into `Cut`s,
-  `window` gives a cut's model input, and `separate_windows` runs any list of windows,
-  from any number of tracks, through the model in one batch;
+- the unit of work is a segment, not a track: the model's tiling turns a track into
+  `Cut`s and gives each cut's model input and weight, and `separate_windows` runs any
+  list of windows, from any number of tracks, through the model in one batch;
 - the output streams: `OverlapAdd` hands back finished frames as soon as no later
   segment can touch them, so memory does not grow with track length;
 - shifts are drawn from a seeded generator, so results are repeatable.
@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from models.engine.batching import SeparationModel, separate_windows
-from models.engine.cuts import CutWeights, cut_track, trim, window
 from models.engine.geometry import Geometry
 from models.engine.overlap import OverlapAdd
 
@@ -92,17 +91,17 @@ def stream_track(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     names = tuple(geometry.sources) if sources is None else tuple(sources)
     frames = mix.shape[-1]
-    cuts = cut_track(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
-    weight_of = CutWeights(cuts, geometry, shifts=shifts)
     tiling = geometry.tiling
+    tiles = tiling.tile(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
+    cuts = tiles.cuts
     mean, scale = normalisation(mix) if tiling.normalise else (0.0, 1.0)
     accumulator = OverlapAdd(len(names), mix.shape[0], frames)
     for first in range(0, len(cuts), batch_size):
         batch = cuts[first : first + batch_size]
-        windows = [window(mix, cut, mean, scale, padding=tiling.padding) for cut in batch]
+        windows = [tiles.window(mix, cut, mean, scale) for cut in batch]
         outputs = run(windows, names)
         for cut, output in zip(batch, outputs, strict=True):
-            accumulator.add(cut, trim(output, cut) * weight_of(cut))
+            accumulator.add(cut, tiles.trim(output, cut) * tiles.weight(cut))
         following = first + batch_size
         upto = cuts[following].start if following < len(cuts) else frames
         if upto > accumulator.done:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.engine.cuts import Cut, cut_track, transition_weight, trim, window
-from models.engine.geometry import Geometry, Tiling
+from models.engine.cuts import Cut, SegmentTiling, cut_track, transition_weight, trim, window
+from models.engine.geometry import Geometry
 
-TILING = Tiling(weight=transition_weight, padding="zeros", max_shift_s=0.0, normalise=False)
+TILING = SegmentTiling(weight=transition_weight, padding="zeros", max_shift_s=0.0, normalise=False)
 GEOMETRY = Geometry(
     samplerate=100, audio_channels=1, sources=("only",), segment_length=10, tiling=TILING
 )
@@ -54,4 +54,4 @@ def test_shifts_are_refused_where_the_tiling_takes_none() -> None:
 
 def test_unknown_padding_is_refused() -> None:
     with pytest.raises(ValueError, match="padding"):
-        Tiling(weight=transition_weight, padding="edge", max_shift_s=0.0, normalise=False)
+        SegmentTiling(weight=transition_weight, padding="edge", max_shift_s=0.0, normalise=False)

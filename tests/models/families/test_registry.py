@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from models.engine.batching import SeparationModel, separate_windows
-from models.engine.geometry import Geometry, Tiling
+from models.engine.cuts import SegmentTiling
+from models.engine.geometry import Geometry
 from models.engine.track import stream_track
 from models.errors import ModelMissingError
 from models.families import FAMILIES, family
@@ -36,7 +37,7 @@ def trapezoid(frames: int) -> torch.Tensor:
     return torch.cat([ramp, torch.ones(frames - 2 * fade), ramp.flip(0)])
 
 
-TOY_TILING = Tiling(weight=trapezoid, padding="reflect", max_shift_s=0.0, normalise=False)
+TOY_TILING = SegmentTiling(weight=trapezoid, padding="reflect", max_shift_s=0.0, normalise=False)
 
 
 def with_context(length: int) -> int:
