@@ -9,7 +9,9 @@ and the Separator know only that protocol.
 It names modules rather than holding families so that this package stays torch-free:
 the routing validates family names against it, and the HTTP edge reads the routing.
 A new family is a new package here plus one line in `FAMILIES`; families never
-import each other.
+import each other. MSST's network types are families of one package (`msst`): they share
+its config, checkpoint and chunked-inference code, and its `FAMILY` reads the type from
+the routing entry.
 """
 
 from __future__ import annotations
@@ -22,7 +24,19 @@ if TYPE_CHECKING:
     from models.engine.batching import SeparationModel
     from models.stems.routing import ModelEntry
 
-FAMILIES: dict[str, str] = {"demucs": "models.families.demucs.family"}
+_MSST = "models.families.msst.family"
+FAMILIES: dict[str, str] = {
+    "demucs": "models.families.demucs.family",
+    # MSST's model types: one package, one network module each (models/families/msst/).
+    "mdx23c": _MSST,
+    "bs_roformer": _MSST,
+    "mel_band_roformer": _MSST,
+    "scnet": _MSST,
+}
+# Families whose models are a weights file plus a config file that builds the network.
+CONFIGURED_FAMILIES: frozenset[str] = frozenset(
+    {"mdx23c", "bs_roformer", "mel_band_roformer", "scnet"}
+)
 
 
 class Family(Protocol):

@@ -11,16 +11,24 @@ MSST decides the window's fades once per *batch*, from the last chunk in it: a b
 ending in chunk 0 drops the fade-in, else one ending in the final chunk drops the
 fade-out of every chunk it holds. The plan below reproduces that rule, so the result
 equals MSST's for the same `batch_size`; batch size otherwise changes only rounding.
+
+`demix` is the reference form, one whole track at a time; `ChunkTiling` gives the engine
+the same chunks and weights, so the service runs MSST models on windows of many tracks
+in shared batches and still equals `demix`.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from models.engine.cuts import Cut
+from models.engine.geometry import Geometry
 
 ModelForward = Callable[[torch.Tensor], torch.Tensor]
 ChunkPadding = Literal["reflect", "zeros"]
@@ -174,3 +182,95 @@ def _cut(mix: torch.Tensor, chunk: Chunk, chunk_size: int) -> torch.Tensor:
     if chunk.padding == "reflect":
         return F.pad(part, (0, missing), mode="reflect")
     return F.pad(part, (0, missing))
+
+
+@dataclass(frozen=True)
+class ChunkTiling:
+    """MSST's demix as an engine tiling: the same chunks, padding and fades, so that the
+    engine's overlap-add of any grouping of windows equals `demix` at `batch_size`.
+
+    `batch_size` here is the grouping MSST's fade rule reads (the config's
+    `inference.batch_size`), not how many windows the engine sends at once: the fade
+    flags are fixed per chunk when the track is tiled.
+    """
+
+    num_overlap: int
+    batch_size: int
+    normalise: bool = False
+
+    def tile(
+        self, frames: int, geometry: Geometry, *, overlap: float, shifts: int, seed: int
+    ) -> ChunkTiles:
+        """The chunks of a track of `frames` frames; `overlap` is not read (MSST models
+        overlap by `num_overlap`), and shifts are refused (MSST takes none)."""
+        del overlap, seed
+        if shifts:
+            raise ValueError("MSST models take no shifts; use shifts=0")
+        plan = plan_chunks(
+            frames,
+            chunk_size=geometry.segment_length,
+            num_overlap=self.num_overlap,
+            batch_size=self.batch_size,
+        )
+        return ChunkTiles(plan)
+
+
+class ChunkTiles:
+    """One track's chunks as engine cuts, in track frames (a chunk in the reflected
+    border starts before frame 0), with each chunk's padding and fades kept."""
+
+    def __init__(self, plan: ChunkPlan) -> None:
+        self.plan = plan
+        self.cuts: list[Cut] = []
+        self._chunks: dict[int, tuple[Chunk, torch.Tensor]] = {}
+        windows: dict[tuple[bool, bool], torch.Tensor] = {}
+        for batch in plan.batches:
+            flags = (batch.fade_in, batch.fade_out)
+            if flags not in windows:
+                windows[flags] = fade_window(
+                    plan.chunk_size, plan.fade_size, fade_in=flags[0], fade_out=flags[1]
+                )
+            for chunk in batch.chunks:
+                start = chunk.start - plan.border
+                self.cuts.append(Cut(start, chunk.length, start, plan.chunk_size, 0))
+                self._chunks[start] = (chunk, windows[flags][: chunk.length])
+        self._starts = [cut.start for cut in self.cuts]
+
+    def window(self, mix: torch.Tensor, cut: Cut, mean: float, scale: float) -> torch.Tensor:
+        """The chunk as demix reads it from the reflect-padded track, right-padded."""
+        chunk, _ = self._chunks[cut.start]
+        frames = mix.shape[-1]
+        index = torch.arange(cut.start, cut.start + chunk.length)
+        # The track mirrored at both edges, as F.pad(mode="reflect") pads it by `border`.
+        index = torch.where(index < 0, -index, index)
+        index = torch.where(index >= frames, 2 * (frames - 1) - index, index)
+        piece = (mix[..., index] - mean) / scale
+        missing = self.plan.chunk_size - chunk.length
+        if chunk.padding == "reflect":
+            return F.pad(piece, (0, missing), mode="reflect")
+        return F.pad(piece, (0, missing))
+
+    def trim(self, output: torch.Tensor, cut: Cut) -> torch.Tensor:
+        """The chunk's real samples: the model's output up to the chunk's length."""
+        if output.shape[-1] < cut.length:
+            raise ValueError(
+                f"the model returned {output.shape[-1]} samples for a chunk of {cut.length}"
+            )
+        return output[..., : cut.length]
+
+    def weight(self, cut: Cut) -> torch.Tensor:
+        """The chunk's fade divided by the sum of every chunk's fade at each frame
+        (0 where that sum is 0, as demix's nan_to_num)."""
+        own = self._chunks[cut.start][1]
+        total = torch.zeros(cut.length)
+        first = bisect.bisect_left(self._starts, cut.start - self.plan.chunk_size + 1)
+        last = bisect.bisect_right(self._starts, cut.start + cut.length - 1)
+        for other in self.cuts[first:last]:
+            fade = self._chunks[other.start][1]
+            begin = max(cut.start, other.start)
+            end = min(cut.start + cut.length, other.start + other.length)
+            if begin < end:
+                total[begin - cut.start : end - cut.start] += fade[
+                    begin - other.start : end - other.start
+                ]
+        return torch.nan_to_num(own / total, nan=0.0)

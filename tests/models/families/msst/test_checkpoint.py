@@ -166,8 +166,18 @@ def test_checksum_of_a_file_larger_than_a_block(tmp_path: Path) -> None:
 def test_malformed_configured_checksum_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.ckpt"
     torch.save(random_state(), path)
-    with pytest.raises(ModelLoadError, match="not 64 hex digits"):
+    with pytest.raises(ModelLoadError, match="not 8-64 hex digits"):
         load_weights(path, model_name="little", expected_sha256="abc123")
+
+
+def test_a_checksum_prefix_is_verified(tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt"
+    torch.save(random_state(), path)
+    digest = sha256_of(path)
+    assert set(load_weights(path, model_name="little", expected_sha256=digest[:8].upper()))
+    wrong = f"{(int(digest[:8], 16) ^ 1):08x}"
+    with pytest.raises(ChecksumMismatchError):
+        load_weights(path, model_name="little", expected_sha256=wrong)
 
 
 def test_missing_file(tmp_path: Path) -> None:
