@@ -3,6 +3,7 @@
     python -m models separate song.mp3 --stems vocals,drums --out stems/
     python -m models preprocess song.mp3 --steps Denoise,Dereverb --out clean.wav
     python -m models make-test-model DIR --like htdemucs_6s --small
+    python -m models make-test-model DIR --routing configs/routing/community.yaml --small
 
 Errors the user can fix (bad input, unknown stem, missing weights) end with a one-line
 message on stderr and exit status 1; usage errors exit with status 2.
@@ -27,6 +28,7 @@ from models.preprocess.steps import preprocess
 from models.run import EngineOptions, ModelStore, check_format, separate_file
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
 from models.stems.routing import DEFAULT_ROUTING_PATH, load_routing
+from models.testing.models import DEFAULT_CONFIGS, write_test_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = commands.add_parser(
         "make-test-model",
-        help="write a random-weight model for tests (its stems are noise)",
+        help="write random-weight models for tests (their stems are noise)",
         description="Write a random-weight copy of a released demucs model into DIR, "
-        "loadable with --model-dir DIR under the released name.",
+        "loadable with --model-dir DIR under the released name; or, with --routing, one "
+        "of every model the routing names (MSST ones from their published configs) and "
+        "DIR/routing.yaml, that routing with the written files' checksums.",
     )
     make.add_argument("dir", type=Path, help="model folder to write into")
     make.add_argument(
@@ -110,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(RECIPES),
         default="htdemucs_6s",
         help="released model whose architecture and name to copy (default: %(default)s)",
+    )
+    make.add_argument("--routing", type=Path, help="write every model this routing names")
+    make.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="with --routing: only this model (repeatable)",
+    )
+    make.add_argument(
+        "--configs",
+        type=Path,
+        default=DEFAULT_CONFIGS,
+        help="with --routing: folder of the published MSST configs (default: %(default)s)",
     )
     make.add_argument("--small", action="store_true", help="tiny widths for fast tests")
     make.add_argument(
@@ -127,6 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _separate(args)
         if args.command == "preprocess":
             return _preprocess(args)
+        if args.routing is not None:
+            written = write_test_models(
+                args.routing,
+                args.dir,
+                names=args.model,
+                small=args.small,
+                configs=args.configs,
+                seed=args.seed,
+            )
+            print(written)
+            return 0
+        if args.model:
+            raise SeparationError("--model needs --routing")
         bag_file = make_test_model(
             args.dir, args.like, small=args.small, layout=args.layout, seed=args.seed
         )

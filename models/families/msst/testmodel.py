@@ -11,6 +11,10 @@ The weights depend on `seed` alone: torch's default initialisation under that se
 every trainable floating-point parameter shifted by a little seeded noise, so that norm
 gains and biases are not their initial 1 and 0 and a loader that skipped them would show.
 The stems of such a model are noise: it is for testing plumbing, speed and memory.
+
+`small_config` turns a published config into a tiny one of the same family with the same
+output names (the family's tiny layout in `tiny/`, the reference fixtures' scaled-down
+configs), for fast tests of routings that name published models.
 """
 
 from __future__ import annotations
@@ -18,18 +22,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+import yaml
 from safetensors.torch import save_model
 from torch import nn
 
-from models.families.msst.config import MsstConfig, parse_config
+from models.families.msst.config import MsstConfig, parse_config, safe_load_yaml
 from models.families.msst.networks import build_network
 from models.fetching import sha256_of
 
 WEIGHT_FORMATS = ("ckpt", "pth", "safetensors")
 WEIGHT_NOISE = 0.05  # standard deviation of the shift added to each trainable parameter
+TINY_CONFIGS = Path(__file__).resolve().with_name("tiny")  # <model_type>.yaml, package data
 
 
 class MsstTestModel(NamedTuple):
@@ -101,3 +107,24 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
+
+
+def small_config(model_type: str, published: str, *, source: str = "<config>") -> str:
+    """A tiny config of `model_type` that outputs what the `published` config outputs.
+
+    The network section is the family's tiny layout; the stem names (`instruments`,
+    `target_instrument`) and the number of outputs follow the published config.
+    """
+    wanted = parse_config(published, model_type=model_type, source=source)
+    tiny_file = TINY_CONFIGS / f"{model_type}.yaml"
+    document: dict[str, Any] = safe_load_yaml(tiny_file.read_text("utf-8"), source=tiny_file.name)
+    document["training"]["instruments"] = list(wanted.instruments)
+    document["training"]["target_instrument"] = wanted.target_instrument
+    outputs = len(wanted.output_names)
+    if model_type in ("bs_roformer", "mel_band_roformer"):
+        document["model"]["num_stems"] = outputs
+    elif model_type == "scnet":
+        document["model"]["sources"] = list(wanted.instruments)
+    # yaml.Dumper writes tuples as !!python/tuple, which the config reader accepts.
+    text: str = yaml.dump(document, Dumper=yaml.Dumper, sort_keys=False)
+    return text
