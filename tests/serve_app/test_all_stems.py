@@ -1,0 +1,125 @@
+"""Every stem a public checkpoint serves, end to end over HTTP (issue 14).
+
+An application of this module, in the session's Ray under /community, serves the
+community routing (configs/routing/community.yaml) with random-weight models of each
+routed model's family and published output names (`make-test-model --routing --small`):
+htdemucs_6s, viperx's BS-RoFormer, the DrumSep MDX23C on drums, the karaoke and
+male/female BS-RoFormers on vocals, and the three trained preprocessing models. One
+request for all 16 stems completes, its cascades are fed the parent's stem (the stems
+equal the command line's, which runs the same routing in one process), and the derived
+stems sum exactly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from ray import serve
+
+from models.run import ModelStore, separate_file
+from models.stems.routing import load_routing
+from models.testing.models import write_test_models
+from serve_app.app import build_app
+from serve_app.settings import PipelineSettings, SeparatorDeployments
+from tests.serve_app.service import KEY_A, Service, poll, samples_of, write_song
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMUNITY = ROOT / "configs" / "routing" / "community.yaml"
+CONFIGS = ROOT / "configs" / "msst"
+LSB = 1 / 32768  # one step of the 16-bit files both sides write
+
+
+@dataclass
+class Community:
+    """The community application and what it was built from."""
+
+    url: str
+    routing: Path
+    model_dir: Path
+
+    def api(self, path: str) -> str:
+        """The full URL of an API path of this application."""
+        return f"{self.url}/api/public/v1/{path.lstrip('/')}"
+
+
+@pytest.fixture(scope="module")
+def community(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Community]:
+    """The community routing with small random-weight models, deployed once."""
+    folder = tmp_path_factory.mktemp("community-models")
+    routing = write_test_models(COMMUNITY, folder, small=True, configs=CONFIGS)
+    name = f"community-{uuid.uuid4().hex[:6]}"
+    args = service.args.model_copy(
+        update={
+            "data_dir": str(tmp_path_factory.mktemp("community-data")),
+            "routing": str(routing),
+            "model_dir": str(folder),
+            "public_url": f"{service.url}/{name}",
+            "pipeline": PipelineSettings(lease_s=30.0, poll_s=0.25),
+            # Eight Separators share the session's CPUs with its other applications.
+            "separators": SeparatorDeployments(ray_actor_options={"num_cpus": 0.1}),
+        }
+    )
+    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
+    try:
+        yield Community(url=f"{service.url}/{name}", routing=routing, model_dir=folder)
+    finally:
+        serve.delete(name)
+
+
+def test_every_public_stem_completes_over_http(community: Community, tmp_path: Path) -> None:
+    song = tmp_path / "song.wav"
+    write_song(song, 3.0, seed=4)
+    routing = load_routing(community.routing)
+    stems = list(routing.served_stems())
+    assert len(stems) == 16
+    with song.open("rb") as audio:
+        answer = requests.post(
+            community.api("Extraction"),
+            headers={"Authorization": KEY_A},
+            data={"stems": str(stems).replace("'", '"')},
+            files={"audio_file": (song.name, audio)},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+    task_id = answer.json()["task_id"]
+    conversion = poll(community.api("byId"), task_id, timeout_s=300)
+    assert conversion["status"] == "COMPLETED", conversion
+    assert set(conversion["stems"]) == set(stems)
+    served = {
+        stem: samples_of(requests.get(url, headers={"Authorization": KEY_A}, timeout=60).content)
+        for stem, url in conversion["stems"].items()
+    }
+    mixture = samples_of(song.read_bytes())
+    for stem, samples in served.items():
+        assert samples.shape == mixture.shape, stem
+    # Derived stems are exact: lead + back vocals give the vocals, vocals + instrumental
+    # the input (each file rounds to 16 bits once).
+    np.testing.assert_allclose(
+        served["lead_vocal"] + served["back_vocal"], served["vocals"], atol=2 * LSB, rtol=0
+    )
+    np.testing.assert_allclose(served["vocals"] + served["instrumental"], mixture, atol=2 * LSB)
+    # The same routing in one process gives the same stems: the service's cascades read
+    # the parent's stem, not the mixture, and shared batches change nothing but rounding.
+    store = ModelStore(routing, model_dir=community.model_dir, use_hub=False)
+    local = separate_file(song, stems, tmp_path / "local", store=store)
+    for stem, path in local.items():
+        np.testing.assert_allclose(
+            served[stem], samples_of(path.read_bytes()), atol=4 * LSB, rtol=0, err_msg=stem
+        )
+
+
+def test_a_stem_no_public_model_serves_is_refused(community: Community) -> None:
+    answer = requests.post(
+        community.api("Extraction"),
+        headers={"Authorization": KEY_A},
+        data={"stems": '["strings"]', "audio_url": "http://127.0.0.1:9/song.wav"},
+        timeout=60,
+    )
+    assert answer.status_code == 422, answer.text
+    assert "strings" in answer.json()["error"]
