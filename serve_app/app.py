@@ -37,11 +37,12 @@ def deployment_names(args: AppArgs) -> tuple[str, ...]:
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """The stem-extraction application for these settings."""
     settings = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    # Resolve relative folders once, here, so every replica uses the same ones
-    # whatever its working directory.
+    # Resolve relative paths once, here, so every replica uses the same ones whatever its
+    # working directory (the routing file's also appears in GET /stems' fetch commands).
     settings = settings.model_copy(
         update={
             "data_dir": str(settings.data_path()),
+            "routing": str(Path(settings.routing).resolve()),
             "model_dir": str(Path(settings.model_dir).resolve()) if settings.model_dir else None,
         }
     )

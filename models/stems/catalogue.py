@@ -28,6 +28,24 @@ ALL_STEMS: tuple[str, ...] = tuple(stem for group in STEM_GROUPS.values() for st
 
 DEFAULT_STEMS: tuple[str, ...] = ("drums", "bass", "piano", "guitar")
 
+# Stems no public checkpoint is known to serve well enough to route. Weak or unverified
+# uploads exist for keys and winds; none has published figures we could check.
+NO_PUBLIC_MODEL: tuple[str, ...] = (
+    "acoustic_guitar",
+    "electric_guitar",
+    "rhythm_guitar",
+    "solo_guitar",
+    "strings",
+    "keys",
+    "winds",
+)
+
+ADDING_A_MODEL = (
+    "put an MSST-format checkpoint (its YAML config and weights) in the model folder and "
+    'add a routing entry for it (README, "Adding a model")'
+)
+"""How an operator makes a stem servable that no public checkpoint serves."""
+
 _KNOWN: frozenset[str] = frozenset(ALL_STEMS)
 
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from models.errors import RoutingError, UnservedStemError
-from models.stems.catalogue import ALL_STEMS, MIXTURE, parse_stems
+from models.stems.catalogue import (
+    ADDING_A_MODEL,
+    ALL_STEMS,
+    MIXTURE,
+    NO_PUBLIC_MODEL,
+    parse_stems,
+)
 from models.stems.routing import DerivedStem, Routing
 
 T = TypeVar("T")
@@ -44,10 +50,7 @@ def make_plan(stems: Sequence[str] | None, routing: Routing) -> Plan:
     served = routing.served_stems()
     unserved = [stem for stem in requested if stem not in served]
     if unserved:
-        raise UnservedStemError(
-            f"no configured model serves {', '.join(map(repr, unserved))}; "
-            f"this routing serves: {', '.join(served) or 'nothing'}"
-        )
+        raise UnservedStemError(_unserved_message(unserved, served))
 
     outputs: dict[str, set[str]] = {}
     derivations: set[str] = set()
@@ -90,6 +93,18 @@ def make_plan(stems: Sequence[str] | None, routing: Routing) -> Plan:
             derived, lambda entry: (entry.base, *entry.minus), lambda entry: (entry.name,)
         ),
     )
+
+
+def _unserved_message(unserved: Sequence[str], served: Sequence[str]) -> str:
+    """Name each unserved stem; for those no public checkpoint serves, say how to add one."""
+    message = f"no model is configured for {', '.join(map(repr, unserved))}"
+    unknown = [stem for stem in unserved if stem in NO_PUBLIC_MODEL]
+    if unknown:
+        message += (
+            f"; no public checkpoint is known for {', '.join(map(repr, unknown))}: "
+            f"to add one, {ADDING_A_MODEL}"
+        )
+    return f"{message}; this routing serves: {', '.join(served) or 'nothing'}"
 
 
 def _dependency_order(

@@ -3,14 +3,16 @@ routes.
 
 `POST /api/public/v1/Extraction` creates a task, `GET /byId` reports one, `GET
 /files/{task_id}/{file}` serves its stems (serve_app/http/extraction.py does the work),
-`GET /stems` lists the catalogue, `GET /healthz` and `GET /readyz` answer the probes
-(serve_app/http/probes.py). Routes only translate HTTP; every failure they raise is
-answered from the one table in serve_app/http/errors.py. `build_api` makes the app for one
-Ingress replica, which hands it what the routes use.
+`GET /stems` lists the catalogue and each stem's status (models/stems/status.py), `GET
+/healthz` and `GET /readyz` answer the probes (serve_app/http/probes.py). Routes only
+translate HTTP; every failure they raise is answered from the one table in
+serve_app/http/errors.py. `build_api` makes the app for one Ingress replica, which hands
+it what the routes use.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from models.audio.encode import FORMATS
 from models.preprocess.catalogue import STEPS
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS, STEM_GROUPS
+from models.stems.status import stem_statuses
 from serve_app.http import errors
 from serve_app.http.extraction import ExtractionApi
 from serve_app.http.probes import Probes
@@ -91,7 +94,16 @@ def build_api(extractions: ExtractionApi, probes: Probes) -> FastAPI:
 
     @api.get(f"{PREFIX}/stems")
     async def stems() -> JSONResponse:
-        """The stem catalogue, and which stems this deployment serves."""
+        """The stem catalogue, which stems this deployment serves, and each stem's status:
+        what produces it, or what is missing and where to get it."""
+        settings = extractions.args
+        # Looks at the model folder: a few stat calls, off the event loop all the same.
+        catalogue = await asyncio.to_thread(
+            stem_statuses,
+            extractions.routing,
+            model_dir=settings.model_dir,
+            routing_file=settings.routing,
+        )
         return JSONResponse(
             {
                 "success": True,
@@ -101,6 +113,7 @@ def build_api(extractions: ExtractionApi, probes: Probes) -> FastAPI:
                 "default": list(DEFAULT_STEMS),
                 "preprocessing_options": list(STEPS),
                 "output_formats": list(FORMATS),
+                "catalogue": [status.as_json() for status in catalogue],
             }
         )
 

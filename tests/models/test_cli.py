@@ -56,7 +56,7 @@ def test_default_stems(song: Path, model_dir: Path, tmp_path: Path) -> None:
     ("arguments", "message"),
     [
         (["--stems", "vocals,nope"], "unknown stem 'nope'"),
-        (["--stems", "kick_drum"], "no configured model serves 'kick_drum'"),
+        (["--stems", "kick_drum"], "no model is configured for 'kick_drum'"),
         (["--max-duration", "0.5"], "longer than the limit of 0.5 seconds"),
         (["--device", "cuda"], "CUDA"),
     ],

@@ -14,6 +14,7 @@ import requests
 from ray import serve
 
 from models.preprocess.steps import preprocess
+from models.stems.catalogue import ADDING_A_MODEL, ALL_STEMS, NO_PUBLIC_MODEL
 from serve_app.app import separator_name
 from serve_app.outbound.webhooks import verify
 from serve_app.store.retention import sweep_work_folders
@@ -222,6 +223,35 @@ def test_catalogue_health_and_docs(service: Service) -> None:
     schema = requests.get(f"{service.url}/openapi.json", timeout=30).json()
     assert "/api/public/v1/Extraction" in schema["paths"]
     assert requests.get(f"{service.url}/docs", timeout=30).status_code == 200
+
+
+def test_stems_reports_the_status_of_all_23(service: Service) -> None:
+    catalogue = requests.get(service.api("stems"), timeout=30).json()["catalogue"]
+    assert [entry["stem"] for entry in catalogue] == list(ALL_STEMS)
+    served = {"drums", "bass", "vocals", "guitar", "piano", "instrumental"}
+    for entry in catalogue:
+        stem = entry["stem"]
+        if stem in served:
+            assert entry["status"] == "served", entry
+        elif stem in NO_PUBLIC_MODEL:
+            assert entry["status"] == "no_public_model", entry
+            assert "Adding a model" in entry["note"], entry
+        else:
+            assert entry["status"] == "no_model_configured", entry
+            assert "configs/routing/community.yaml" in entry["note"], entry
+    instrumental = catalogue[ALL_STEMS.index("instrumental")]
+    assert instrumental["produced_by"] == "derived"
+    assert instrumental["formula"] == "mixture - vocals"
+
+
+def test_stem_without_a_model_is_422_saying_so(service: Service, song: Path) -> None:
+    answer = submit(service, song=song, stems=json.dumps(["strings"]))
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["field"] == "stems"
+    assert "no model is configured for 'strings'" in body["error"]
+    assert "no public checkpoint is known for 'strings'" in body["error"]
+    assert ADDING_A_MODEL in body["error"]
 
 
 def test_concurrent_tasks_share_separator_batches(service: Service, tmp_path: Path) -> None:

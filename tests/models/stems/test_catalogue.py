@@ -9,6 +9,7 @@ from models.stems.catalogue import (
     ALL_STEMS,
     DEFAULT_STEMS,
     MIXTURE,
+    NO_PUBLIC_MODEL,
     STEM_GROUPS,
     parse_stems,
 )
@@ -77,3 +78,9 @@ def test_parse_stems_names_the_unknown_and_lists_every_valid_stem() -> None:
 def test_parse_stems_refuses_the_mixture() -> None:
     with pytest.raises(UnknownStemError, match="'mixture'"):
         parse_stems([MIXTURE])
+
+
+def test_stems_without_public_model_are_catalogue_stems_outside_the_defaults() -> None:
+    assert set(NO_PUBLIC_MODEL) <= set(ALL_STEMS)
+    assert len(set(NO_PUBLIC_MODEL)) == len(NO_PUBLIC_MODEL) == 7
+    assert not set(NO_PUBLIC_MODEL) & set(DEFAULT_STEMS)

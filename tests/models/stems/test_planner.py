@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.errors import RoutingError, UnknownStemError, UnservedStemError
-from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS, MIXTURE
+from models.stems.catalogue import ADDING_A_MODEL, ALL_STEMS, DEFAULT_STEMS, MIXTURE
 from models.stems.planner import Pass, make_plan
 from models.stems.routing import DerivedStem, ModelEntry, Routing, load_routing, parse_routing
 
@@ -92,7 +92,28 @@ def test_unserved_stem_names_it_and_lists_what_is_served(default_routing: Routin
     assert "'kick_drum'" in message
     assert "'strings'" in message
     assert "'drums'" not in message
+    assert "no model is configured for 'kick_drum', 'strings'" in message
     assert "vocals, guitar, drums, piano, bass, instrumental" in message
+
+
+def test_unserved_stem_without_public_checkpoint_says_how_to_add_one(
+    default_routing: Routing,
+) -> None:
+    with pytest.raises(UnservedStemError) as caught:
+        make_plan(["kick_drum", "strings", "keys"], default_routing)
+    message = str(caught.value)
+    assert "no public checkpoint is known for 'strings', 'keys'" in message
+    assert ADDING_A_MODEL in message
+
+
+def test_unserved_stem_with_public_checkpoint_gets_no_adding_hint(
+    default_routing: Routing,
+) -> None:
+    with pytest.raises(UnservedStemError) as caught:
+        make_plan(["kick_drum"], default_routing)
+    message = str(caught.value)
+    assert "no public checkpoint" not in message
+    assert ADDING_A_MODEL not in message
 
 
 def test_cascade_runs_the_first_pass_for_its_input(cascade_routing: Routing) -> None:

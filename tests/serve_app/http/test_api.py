@@ -177,6 +177,12 @@ def test_stems_lists_the_catalogues(api: Api) -> None:
     assert body["preprocessing_options"] == list(STEPS)
     assert body["output_formats"] == list(FORMATS)
     assert "drums" in body["served"] and "drums" in body["stems"]
+    catalogue = body["catalogue"]
+    assert [entry["stem"] for entry in catalogue] == body["stems"]
+    served = [entry["stem"] for entry in catalogue if entry["status"] == "served"]
+    assert served == body["served"]
+    drums = catalogue[body["stems"].index("drums")]
+    assert drums["path"] == ["htdemucs_6s: drums"] and drums["group"] == "drums"
 
 
 def test_idempotency_keys_are_checked_and_repeats_return_the_first_task(api: Api) -> None:
