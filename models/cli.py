@@ -1,7 +1,8 @@
-"""The local command line: separate a file into stems, write random-weight test models.
+"""The local command line: separate a file into stems, fetch checkpoints, write test models.
 
     python -m models separate song.mp3 --stems vocals,drums --out stems/
     python -m models preprocess song.mp3 --steps Denoise,Dereverb --out clean.wav
+    python -m models fetch --all --model-dir models/ --accept-licence CC-BY-NC-4.0
     python -m models make-test-model DIR --like htdemucs_6s --small
     python -m models make-test-model DIR --routing configs/routing/community.yaml --small
 
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from models.audio.decode import DecodeLimits, decode
 from models.audio.encode import FORMATS, StemEncoder
+from models.checkpoints import fetch_models
 from models.engine.devices import DEVICES, PRECISIONS, resolve_device
 from models.errors import SeparationError
 from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
@@ -100,6 +102,39 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--out", type=Path, required=True, help="file to write")
     clean.add_argument("--device", choices=DEVICES, default="auto", help="(default: auto)")
 
+    fetch = commands.add_parser(
+        "fetch",
+        help="download the routing's checkpoints into a model folder, verified",
+        description="Download the config and weights of routed models into DIR from their "
+        "'source:' URLs, checking each against its pinned sha256. Files already there and "
+        "verified are not fetched again; an interrupted download resumes. Models whose "
+        "licence is not permissive are refused unless --accept-licence names it.",
+    )
+    chosen = fetch.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("models", nargs="*", default=[], metavar="MODEL", help="model keys")
+    chosen.add_argument("--all", action="store_true", help="every model of the routing")
+    fetch.add_argument(
+        "--model-dir", type=Path, required=True, metavar="DIR", help="folder to fetch into"
+    )
+    fetch.add_argument(
+        "--accept-licence",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="fetch models under this licence, exactly as the routing spells it "
+        "(repeatable; 'unstated' too)",
+    )
+    fetch.add_argument(
+        "--routing",
+        type=Path,
+        default=DEFAULT_ROUTING_PATH,
+        help="model routing file (default: the one shipped in models/stems/models.yaml)",
+    )
+    fetch.add_argument(
+        "--hub", action="store_true", help="download demucs hub models into its cache now"
+    )
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     make = commands.add_parser(
         "make-test-model",
         help="write random-weight models for tests (their stems are noise)",
@@ -144,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _separate(args)
         if args.command == "preprocess":
             return _preprocess(args)
+        if args.command == "fetch":
+            return _fetch(args)
         if args.routing is not None:
             written = write_test_models(
                 args.routing,
@@ -229,6 +266,28 @@ def _preprocess(args: argparse.Namespace) -> int:
     ) as encoder:
         encoder.write(cleaned)
     print(args.out)
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """The `fetch` command: 0 when every chosen model is ready, 1 otherwise."""
+    routing = load_routing(args.routing)
+    names = list(routing.all_models()) if args.all else args.models
+    results = fetch_models(
+        routing,
+        names,
+        args.model_dir,
+        accept=frozenset(args.accept_licence),
+        hub=args.hub,
+        progress=not args.no_progress,
+    )
+    failed = [result for result in results if not result.ok]
+    if failed:
+        listed = ", ".join(f"{result.name} ({result.state.value})" for result in failed)
+        print(
+            f"error: {len(failed)} of {len(results)} model(s) not ready: {listed}", file=sys.stderr
+        )
+        return 1
     return 0
 
 

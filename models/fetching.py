@@ -1,11 +1,12 @@
 """Download one checkpoint file into a model folder: resumable, verified, atomic.
 
 `fetch_file` streams an HTTP(S) URL into `<dest>.part` beside the destination, with a
-progress bar, checks the sha256 of the whole file and only then renames it into place, so a
-model folder never holds a file that was not verified. A rerun is cheap: a destination with
-the right digest is left alone without a request, and an interrupted download continues
-from its partial file with a Range request when the server honours it (206), or starts over
-when it does not (200). Every limit (seconds per network operation, bytes) has a default.
+progress bar, checks the whole file against the pinned sha256 (or a prefix of it) and only
+then renames it into place, so a model folder never holds a file that failed its digest. A
+rerun is cheap: a destination with the right digest is left alone without a request, and an
+interrupted download continues from its partial file with a Range request when the server
+honours it (206), or starts over when it does not (200). Every limit (seconds per network
+operation, bytes) has a default.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DEFAULT_MAX_BYTES = 4 << 30  # the largest published MSST checkpoints are under 
 BLOCK = 1 << 20
 PART_SUFFIX = ".part"
 SCHEMES = ("http", "https")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]+")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -99,22 +100,33 @@ def fetch_file(
     url: str,
     dest: Path,
     *,
-    sha256: str,
+    sha256: str | None,
+    min_sha256_digits: int = 64,
     progress: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> FetchResult:
     """Make `dest` hold the file at `url` whose sha256 is `sha256`, downloading only what is
     missing. Raises FetchChecksumError, FetchLimitError (nothing kept) or
-    FetchInterruptedError (the partial file kept for the next call)."""
-    expected = sha256.lower()
-    if not _SHA256.fullmatch(expected):
-        raise ValueError(f"sha256 for {dest.name} must be 64 hex digits, got {sha256!r}")
+    FetchInterruptedError (the partial file kept for the next call).
+
+    `sha256` is the whole hex digest or, when `min_sha256_digits` allows, a prefix of it
+    at least that long. None pins nothing: a file already at `dest` is kept, a download is
+    taken as it comes, and the result's `sha256` is the one to pin.
+    """
+    expected = None if sha256 is None else sha256.lower()
+    if expected is not None and not (
+        min_sha256_digits <= len(expected) <= 64 and _HEX.fullmatch(expected)
+    ):
+        digits = "64" if min_sha256_digits >= 64 else f"{min_sha256_digits}-64"
+        raise ValueError(f"sha256 for {dest.name} must be {digits} hex digits, got {sha256!r}")
     scheme = url.partition(":")[0].lower()
     if scheme not in SCHEMES:
         raise FetchError(f"{dest.name}: only http and https URLs are fetched, got {url!r}")
-    if dest.is_file() and sha256_of(dest) == expected:
-        return FetchResult(dest, expected, dest.stat().st_size, FetchOutcome.PRESENT, 0)
+    if dest.is_file():
+        present = sha256_of(dest)
+        if expected is None or present.startswith(expected):
+            return FetchResult(dest, present, dest.stat().st_size, FetchOutcome.PRESENT, 0)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     offset = part.stat().st_size if part.is_file() else 0
@@ -124,12 +136,12 @@ def fetch_file(
     transfer = _Transfer(url, dest, part, timeout_s=timeout_s, max_bytes=max_bytes)
     received, resumed = transfer.run(offset, progress=progress)
     actual = sha256_of(part)
-    if actual != expected:
+    if expected is not None and not actual.startswith(expected):
         part.unlink()
         raise FetchChecksumError(dest.name, url, expected, actual)
     os.replace(part, dest)
     outcome = FetchOutcome.RESUMED if resumed else FetchOutcome.DOWNLOADED
-    return FetchResult(dest, expected, dest.stat().st_size, outcome, received)
+    return FetchResult(dest, actual, dest.stat().st_size, outcome, received)
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
