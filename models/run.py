@@ -3,8 +3,10 @@ passes, derive, encode.
 
 `TrackJob` is the one job path: `TrackJob.of` plans once, `TrackJob.run` does the rest with
 what differs between callers handed in: where the models run (`PassModels`: in this process,
-`LocalModels`, or behind the service's Separator deployments), how the track is cleaned
-(`Clean`), where progress and warnings go, and the folder the stems are written to. The
+`LocalModels`, or behind the service's Separator deployments), how the track is cleaned by
+DSP (`Clean`), where progress and warnings go, and the folder the stems are written to. A
+preprocessing step the routing serves with a trained model runs on `PassModels` as a pass
+does (models/preprocess/trained.py); the other steps keep their DSP. The
 command line runs it through `separate_file`, with everything in this process; the service's
 Pipeline runs it with its deployments.
 
@@ -38,6 +40,7 @@ from models.errors import AudioError
 from models.families import family
 from models.preprocess.catalogue import parse_steps
 from models.preprocess.steps import preprocess
+from models.preprocess.trained import clean_with_model
 from models.stems.catalogue import MIXTURE
 from models.stems.derive import Combination, expand
 from models.stems.planner import Pass, Plan, make_plan
@@ -62,7 +65,7 @@ class EngineOptions:
 
 @dataclass
 class ModelStore:
-    """Loads each routed model once and keeps it."""
+    """Loads each routed model, stem or preprocessing, once and keeps it."""
 
     routing: Routing
     model_dir: Path | None = None
@@ -70,9 +73,10 @@ class ModelStore:
     loaded: dict[str, SeparationModel] = field(default_factory=dict)
 
     def get(self, name: str) -> SeparationModel:
-        """The model of routing entry `name`, loaded by its family on first use."""
+        """The model of routing key `name` (a stem model or a preprocessing step), loaded
+        by its family on first use."""
         if name not in self.loaded:
-            entry = self.routing.models[name]
+            entry = self.routing.all_models()[name]
             self.loaded[name] = family(entry.family).load(
                 entry, model_dir=self.model_dir, use_hub=self.use_hub
             )
@@ -80,8 +84,9 @@ class ModelStore:
 
 
 class PassModels(Protocol):
-    """The models a plan's passes run on: in this process (`LocalModels`) or behind
-    the service's Separator deployments."""
+    """The models a job runs on, its passes and its trained preprocessing steps, by
+    routing key: in this process (`LocalModels`) or behind the service's Separator
+    deployments."""
 
     @property
     def routing(self) -> Routing:
@@ -127,8 +132,8 @@ class LocalModels:
 
 
 Clean = Callable[[Samples, int, tuple[str, ...]], Samples]
-"""Preprocessing: (samples, sample_rate, steps) to the cleaned samples, same shape; in this
-process (`preprocess`) or on the service's Preprocessor deployment."""
+"""DSP preprocessing: (samples, sample_rate, steps) to the cleaned samples, same shape; in
+this process (`preprocess`) or on the service's Preprocessor deployment."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +148,19 @@ class Separated:
 @dataclass(frozen=True)
 class TrackJob:
     """One track's work, checked and planned once before any of it runs: the plan of its
-    stems, the output format, and the preprocessing steps in the order they run."""
+    stems, the output format, the preprocessing steps in the order they run, and which of
+    them a trained model serves (the others run as DSP)."""
 
     plan: Plan
     fmt: str = "wav"
     steps: tuple[str, ...] = ()
+    trained: tuple[str, ...] = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The routing keys of every model the job runs: its passes' and its trained
+        steps', each once."""
+        return tuple(dict.fromkeys([*(step.model for step in self.plan.passes), *self.trained]))
 
     @classmethod
     def of(
@@ -162,7 +175,9 @@ class TrackJob:
         format, stem or step before any input is read."""
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        return cls(make_plan(stems, routing), fmt, parse_steps(preprocessing))
+        steps = parse_steps(preprocessing)
+        trained = tuple(step for step in steps if step in routing.preprocessing)
+        return cls(make_plan(stems, routing), fmt, steps, trained)
 
     def run(
         self,
@@ -176,18 +191,29 @@ class TrackJob:
         on_progress: Progress | None = None,
         on_warning: Callable[[str], None] | None = None,
     ) -> Separated:
-        """Decode `source` within `limits`, check that the format can hold it, `clean`
-        it, and write each stem of the plan to `out_dir/<stem>.<fmt>` with `models`.
-        `on_warning` hears each warning about the input (models/audio/integrity.py), such
-        as it being shorter than its header declares."""
+        """Decode `source` within `limits`, check that the format can hold it, clean it
+        (trained steps on `models`, the others with `clean`), and write each stem of the
+        plan to `out_dir/<stem>.<fmt>` with `models`. Progress counts each trained step
+        and each pass alike. `on_warning` hears each warning about the input
+        (models/audio/integrity.py), such as it being shorter than its header declares."""
         track = decode(source, limits or DecodeLimits())
         if on_warning is not None:
             for warning in track.warnings:
                 on_warning(warning)
         check_format(self.fmt, track)
-        if self.steps:
-            # Rebinding `track` lets the uncleaned samples go before the separation.
-            track = replace(track, samples=clean(track.samples, track.sample_rate, self.steps))
+        units = len(self.trained) + len(self.plan.passes)
+
+        def report(done: int, fraction: float) -> None:
+            if on_progress is not None:
+                on_progress((done + fraction) / units)
+
+        for steps in self._stages():
+            if steps[0] in self.trained:
+                samples = self._trained_step(track, steps[0], models, options, report)
+            else:
+                samples = clean(track.samples, track.sample_rate, steps)
+            # Rebinding `track` lets the uncleaned samples go before the next stage.
+            track = replace(track, samples=samples)
         paths = write_stems(
             self.plan,
             track,
@@ -195,9 +221,49 @@ class TrackJob:
             out_dir,
             fmt=self.fmt,
             options=options,
-            on_progress=on_progress,
+            on_progress=lambda fraction: report(
+                len(self.trained), fraction * len(self.plan.passes)
+            ),
         )
         return Separated(paths, track.duration_s, track.warnings)
+
+    def _trained_step(
+        self,
+        track: Track,
+        step: str,
+        models: PassModels,
+        options: EngineOptions,
+        report: Callable[[int, float], None],
+    ) -> Samples:
+        """The track's samples after `step` on its trained model; `report(n, fraction)`
+        hears how far the n-th trained step is."""
+        number = self.trained.index(step)
+
+        def step_progress(done: int, total: int) -> None:
+            report(number, done / total)
+
+        return clean_with_model(
+            track,
+            models.geometry(step),
+            models.runner(step),
+            models.routing.preprocessing[step].output,
+            batch_size=options.batch_size,
+            overlap=options.overlap,
+            shifts=options.shifts,
+            seed=options.seed,
+            on_progress=step_progress,
+        )
+
+    def _stages(self) -> list[tuple[str, ...]]:
+        """The steps in their order, grouped: each trained step alone, consecutive DSP
+        steps together (one `clean` call)."""
+        stages: list[tuple[str, ...]] = []
+        for step in self.steps:
+            if step not in self.trained and stages and stages[-1][0] not in self.trained:
+                stages[-1] = (*stages[-1], step)
+            else:
+                stages.append((step,))
+        return stages
 
 
 def separate_file(

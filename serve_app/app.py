@@ -1,5 +1,6 @@
 """The application builder: binds Ingress, Pipeline, Preprocessor, Housekeeping and one
-Separator per routed model into one Serve application. A Serve config file names
+Separator per routed model (stem models and trained preprocessing models alike) into one
+Serve application. A Serve config file names
 `serve_app.app:build_app` as its import path and passes `args` (serve_app/settings.py).
 
 The routing is read here, once, and handed to the deployments that use it; each
@@ -31,7 +32,7 @@ FIXED_DEPLOYMENTS = ("Ingress", "Pipeline", "Preprocessor", "Housekeeping")
 def deployment_names(args: AppArgs) -> tuple[str, ...]:
     """Every deployment `build_app(args)` binds."""
     routing = load_routing(args.routing)
-    return (*FIXED_DEPLOYMENTS, *(separator_name(model) for model in routing.models))
+    return (*FIXED_DEPLOYMENTS, *(separator_name(model) for model in routing.all_models()))
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
@@ -58,7 +59,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
             model_dir=settings.model_dir,
             use_hub=settings.use_hub,
         )
-        for model, entry in routing.models.items()
+        for model, entry in routing.all_models().items()
     }
     preprocessor = deployment(Preprocessor).bind(settings.engine)
     housekeeping = deployment(Housekeeping).bind(settings)

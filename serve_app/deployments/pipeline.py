@@ -3,11 +3,13 @@
 A replica claims tasks with a lease (`TaskQueue.claim`) and renews it while it works, so
 a task whose replica died is taken again by a live one once the lease expires, and two
 replicas never run the same task. Per task: plan it (`TrackJob.of`), wait until the models
-of its plan are loaded (saying so in its status_msg; a model that failed to load, or that
+it runs are loaded (its passes' and its trained preprocessing steps'; saying so in its
+status_msg; a model that failed to load, or that
 does not load within `model_wait_s`, ends the task FAILED with the reason), fetch
 `audio_url` or open the upload, run the job path (`TrackJob.run`: decode within the limits,
-clean through the Preprocessor with `RemoteCleaner`, send segments to the Separator of each
-pass with `RemoteModels`), store the stems, and mark the task COMPLETED, which in the same
+clean through the Preprocessor with `RemoteCleaner` or, for a step with a trained model,
+through that model's Separator, send segments to the Separator of each pass with
+`RemoteModels`), store the stems, and mark the task COMPLETED, which in the same
 transaction queues its webhook in the outbox (and wakes the
 Housekeeping deployment, which sends it). Any failure ends in FAILED with a message the
 caller can act on; tracebacks stay in the logs.
@@ -44,7 +46,6 @@ from models.engine.geometry import Geometry
 from models.engine.track import WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, TrackJob
-from models.stems.planner import Plan
 from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
@@ -317,13 +318,15 @@ class Pipeline:
                 lost.set()
                 return
 
-    async def _await_models(self, record: TaskRecord, plan: Plan, lost: asyncio.Event) -> None:
-        """Return once every model of the plan is loaded; meanwhile the task's status_msg
-        says what it waits for. ModelUnavailableError when one failed to load, or none
-        loaded within `model_wait_s`."""
+    async def _await_models(
+        self, record: TaskRecord, models: Sequence[str], lost: asyncio.Event
+    ) -> None:
+        """Return once every one of `models` (routing keys) is loaded; meanwhile the task's
+        status_msg says what it waits for. ModelUnavailableError when one failed to load,
+        or none loaded within `model_wait_s`."""
         deadline = time.monotonic() + self.settings.model_wait_s
         noted = ""
-        for model in sorted({step.model for step in plan.passes}):
+        for model in sorted(models):
             while True:
                 remaining = deadline - time.monotonic()
                 state = await model_state(
@@ -358,7 +361,7 @@ class Pipeline:
         job = TrackJob.of(
             spec.stems, self.routing, fmt=spec.output_format, preprocessing=spec.preprocessing
         )
-        await self._await_models(record, job.plan, lost)
+        await self._await_models(record, job.models, lost)
         folder.mkdir(parents=True, exist_ok=True)
         if spec.input_key is not None:
             source = await asyncio.to_thread(local_file, self.blobs, spec.input_key, folder)
