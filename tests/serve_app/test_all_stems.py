@@ -12,6 +12,7 @@ stems sum exactly.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,3 +124,61 @@ def test_a_stem_no_public_model_serves_is_refused(community: Community) -> None:
     )
     assert answer.status_code == 422, answer.text
     assert "strings" in answer.json()["error"]
+
+
+def test_trained_preprocessing_models_serve_their_steps(
+    community: Community, tmp_path: Path
+) -> None:
+    song = tmp_path / "song.wav"
+    write_song(song, 2.0, seed=5)
+    steps = ["Dereverb", "Denoise", "Deecho"]
+    with song.open("rb") as audio:
+        answer = requests.post(
+            community.api("Extraction"),
+            headers={"Authorization": KEY_A},
+            data={"stems": '["lead_vocal"]', "preprocessing_options": json.dumps(steps)},
+            files={"audio_file": (song.name, audio)},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+    conversion = poll(community.api("byId"), answer.json()["task_id"], timeout_s=300)
+    assert conversion["status"] == "COMPLETED", conversion
+    served = samples_of(
+        requests.get(
+            conversion["stems"]["lead_vocal"], headers={"Authorization": KEY_A}, timeout=60
+        ).content
+    )
+    # The command line runs the three routed models (no DSP) on the same routing.
+    routing = load_routing(community.routing)
+    assert set(routing.preprocessing) == set(steps)
+    store = ModelStore(routing, model_dir=community.model_dir, use_hub=False)
+    local = separate_file(
+        song, ["lead_vocal"], tmp_path / "local", store=store, preprocessing=steps
+    )
+    cleaned = samples_of(local["lead_vocal"].read_bytes())
+    np.testing.assert_allclose(served, cleaned, atol=4 * LSB, rtol=0)
+    plain = separate_file(song, ["lead_vocal"], tmp_path / "plain", store=store)
+    assert np.abs(samples_of(plain["lead_vocal"].read_bytes()) - cleaned).max() > 100 * LSB
+
+
+def test_stems_reports_every_stem_of_the_community_routing(community: Community) -> None:
+    answer = requests.get(community.api("stems"), timeout=30)
+    assert answer.status_code == 200, answer.text
+    catalogue = {entry["stem"]: entry for entry in answer.json()["catalogue"]}
+    assert len(catalogue) == 23
+    statuses = {stem: entry["status"] for stem, entry in catalogue.items()}
+    assert sorted(stem for stem, status in statuses.items() if status == "served") == sorted(
+        load_routing(community.routing).served_stems()
+    )
+    assert {stem for stem, status in statuses.items() if status == "no_public_model"} == {
+        "acoustic_guitar",
+        "electric_guitar",
+        "rhythm_guitar",
+        "solo_guitar",
+        "strings",
+        "keys",
+        "winds",
+    }
+    kick = catalogue["kick_drum"]
+    assert kick["path"][-1].startswith("drumsep")
+    assert any(step.startswith("htdemucs_6s") for step in kick["path"])
