@@ -17,6 +17,7 @@ from models.families import CONFIGURED_FAMILIES
 from models.families.msst.config import read_config
 from models.families.msst.networks import build_network
 from models.stems.catalogue import ALL_STEMS
+from models.stems.planner import make_plan
 from models.stems.routing import ModelEntry, load_routing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +79,11 @@ def test_community_msst_model_builds_from_its_published_config(entry: ModelEntry
 def test_every_shipped_config_is_routed() -> None:
     routed = {entry.config for entry in COMMUNITY_MSST}
     assert {path.name for path in CONFIGS.glob("*.yaml")} == routed
+
+
+def test_every_public_stem_takes_five_passes_each_run_once() -> None:
+    routing = load_routing(COMMUNITY)
+    plan = make_plan(list(routing.served_stems()), routing)
+    assert [step.model for step in plan.passes][:2] == ["htdemucs_6s", "bs_roformer_vocals"]
+    assert sorted(step.model for step in plan.passes) == sorted(routing.models)
+    assert {step.model: step.input for step in plan.passes}["drumsep"] == "drums"
