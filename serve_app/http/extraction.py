@@ -144,7 +144,10 @@ class ExtractionApi:
             request, self.routing, spool, self.args.uploads, self.args.outbound
         )
         try:
-            missing = await self.state.model_failure({step.model for step in form.plan.passes})
+            # Trained preprocessing steps run on Separators of their own (keyed by step).
+            needed = {step.model for step in form.plan.passes}
+            needed.update(step for step in form.preprocessing if step in self.routing.preprocessing)
+            missing = await self.state.model_failure(needed)
             if missing is not None:
                 raise Unavailable(missing, retry_after_s=math.ceil(self.args.engine.model_retry_s))
             # Hashing reads the whole upload: only a request that may be a repeat pays.

@@ -64,10 +64,11 @@ class Api:
     woken: list[bool]
 
 
-def make_api(tmp_path: Path, **limits: Any) -> Api:
+def make_api(tmp_path: Path, routing: Path | None = None, **limits: Any) -> Api:
     """The API with auth on for KEYS, its data in tmp_path, and these limits."""
     keys = tuple(ApiKey(name=name, sha256=hash_key(key)) for name, key in KEYS.items())
     args = AppArgs(
+        **({} if routing is None else {"routing": str(routing)}),
         data_dir=str(tmp_path),
         auth=AuthSettings(enabled=True, keys=keys),
         limits=LimitSettings(**{"min_free_bytes": 0, **limits}),
@@ -118,6 +119,18 @@ def test_a_created_task_is_reported_to_its_owner_only(api: Api) -> None:
     assert conversion["requested_stems"] == ["drums"]
     assert conversion["files_expired"] is False and conversion["webhook"] == []
     assert by_id(api, body["task_id"], BOB).json() == {"success": False, "error": "no such task"}
+
+
+def test_trained_step_models_must_not_have_failed_either(tmp_path: Path) -> None:
+    community = Path(__file__).resolve().parents[3] / "configs" / "routing" / "community.yaml"
+    api = make_api(tmp_path, routing=community)
+    steps = {**SONG, "preprocessing_options": '["Dereverb", "Denoise"]'}
+    assert post(api, **steps).status_code == 200
+    assert api.state.asked == [{"htdemucs_6s", "Dereverb", "Denoise"}]
+    api.state.failure = "model 'Dereverb' is not available"
+    refused = post(api, **steps)
+    assert refused.status_code == 503, refused.text
+    assert "Dereverb" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "wrong"}])
