@@ -16,7 +16,7 @@ import torch
 from models.families import CONFIGURED_FAMILIES
 from models.families.msst.config import read_config
 from models.families.msst.networks import build_network
-from models.stems.catalogue import ALL_STEMS
+from models.stems.catalogue import ALL_STEMS, NO_PUBLIC_MODEL
 from models.stems.planner import make_plan
 from models.stems.routing import ModelEntry, load_routing
 
@@ -28,16 +28,6 @@ COMMUNITY_MSST = [
     for entry in load_routing(COMMUNITY).all_models().values()
     if entry.family in CONFIGURED_FAMILIES
 ]
-# No public checkpoint serves these (README, "Stems and models").
-NO_PUBLIC_MODEL = {
-    "acoustic_guitar",
-    "electric_guitar",
-    "rhythm_guitar",
-    "solo_guitar",
-    "strings",
-    "keys",
-    "winds",
-}
 
 
 def test_default_routing_serves_only_permissive_weights() -> None:
@@ -47,7 +37,7 @@ def test_default_routing_serves_only_permissive_weights() -> None:
 
 def test_community_routing_serves_every_stem_a_public_checkpoint_serves() -> None:
     served = set(load_routing(COMMUNITY).served_stems())
-    assert served == set(ALL_STEMS) - NO_PUBLIC_MODEL
+    assert served == set(ALL_STEMS) - set(NO_PUBLIC_MODEL)
     assert len(served) == 16
 
 

@@ -13,40 +13,19 @@ stems sum exactly.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from ray import serve
 
 from models.run import ModelStore, separate_file
+from models.stems.catalogue import NO_PUBLIC_MODEL
 from models.stems.routing import load_routing
 from models.testing.models import write_test_models
-from serve_app.app import build_app
-from serve_app.settings import PipelineSettings, SeparatorDeployments
+from tests.serve_app.community import COMMUNITY, CONFIGS, LSB, Community, deployed
 from tests.serve_app.service import KEY_A, Service, poll, samples_of, write_song
-
-ROOT = Path(__file__).resolve().parents[2]
-COMMUNITY = ROOT / "configs" / "routing" / "community.yaml"
-CONFIGS = ROOT / "configs" / "msst"
-LSB = 1 / 32768  # one step of the 16-bit files both sides write
-
-
-@dataclass
-class Community:
-    """The community application and what it was built from."""
-
-    url: str
-    routing: Path
-    model_dir: Path
-
-    def api(self, path: str) -> str:
-        """The full URL of an API path of this application."""
-        return f"{self.url}/api/public/v1/{path.lstrip('/')}"
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +33,9 @@ def community(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """The community routing with small random-weight models, deployed once."""
     folder = tmp_path_factory.mktemp("community-models")
     routing = write_test_models(COMMUNITY, folder, small=True, configs=CONFIGS)
-    name = f"community-{uuid.uuid4().hex[:6]}"
-    args = service.args.model_copy(
-        update={
-            "data_dir": str(tmp_path_factory.mktemp("community-data")),
-            "routing": str(routing),
-            "model_dir": str(folder),
-            "public_url": f"{service.url}/{name}",
-            "pipeline": PipelineSettings(lease_s=30.0, poll_s=0.25),
-            # Eight Separators share the session's CPUs with its other applications.
-            "separators": SeparatorDeployments(ray_actor_options={"num_cpus": 0.1}),
-        }
-    )
-    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
-    try:
-        yield Community(url=f"{service.url}/{name}", routing=routing, model_dir=folder)
-    finally:
-        serve.delete(name)
+    data = tmp_path_factory.mktemp("community-data")
+    with deployed(service, data, routing, folder, lease_s=30.0) as app:
+        yield app
 
 
 def test_every_public_stem_completes_over_http(community: Community, tmp_path: Path) -> None:
@@ -170,15 +135,8 @@ def test_stems_reports_every_stem_of_the_community_routing(community: Community)
     assert sorted(stem for stem, status in statuses.items() if status == "served") == sorted(
         load_routing(community.routing).served_stems()
     )
-    assert {stem for stem, status in statuses.items() if status == "no_public_model"} == {
-        "acoustic_guitar",
-        "electric_guitar",
-        "rhythm_guitar",
-        "solo_guitar",
-        "strings",
-        "keys",
-        "winds",
-    }
+    no_model = {stem for stem, status in statuses.items() if status == "no_public_model"}
+    assert no_model == set(NO_PUBLIC_MODEL)
     kick = catalogue["kick_drum"]
     assert kick["path"][-1].startswith("drumsep")
     assert any(step.startswith("htdemucs_6s") for step in kick["path"])

@@ -11,7 +11,6 @@ batches, not how fast they are (benchmarks/ measures that).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +18,12 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from ray import serve
 
 from models.families.msst.config import read_config
 from models.stems.routing import load_routing
 from models.testing.models import write_test_models
-from serve_app.app import build_app
-from serve_app.settings import PipelineSettings, SeparatorDeployments
+from tests.serve_app.community import COMMUNITY, CONFIGS, LSB, Community, deployed
 from tests.serve_app.service import KEY_A, Service, poll, samples_of, write_song
-from tests.serve_app.test_all_stems import COMMUNITY, CONFIGS, LSB, Community
 
 pytestmark = pytest.mark.slow
 
@@ -41,22 +37,9 @@ def full_size(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
     stems_only = folder / "community-stems.yaml"
     stems_only.write_text(yaml.safe_dump(document), encoding="utf-8")
     routing = write_test_models(stems_only, folder, configs=CONFIGS)
-    name = f"full-{uuid.uuid4().hex[:6]}"
-    args = service.args.model_copy(
-        update={
-            "data_dir": str(tmp_path_factory.mktemp("full-size-data")),
-            "routing": str(routing),
-            "model_dir": str(folder),
-            "public_url": f"{service.url}/{name}",
-            "pipeline": PipelineSettings(lease_s=120.0, poll_s=0.25),
-            "separators": SeparatorDeployments(ray_actor_options={"num_cpus": 0.1}),
-        }
-    )
-    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
-    try:
-        yield Community(url=f"{service.url}/{name}", routing=routing, model_dir=folder)
-    finally:
-        serve.delete(name)
+    data = tmp_path_factory.mktemp("full-size-data")
+    with deployed(service, data, routing, folder, lease_s=120.0) as app:
+        yield app
 
 
 def test_published_architectures_serve_every_public_stem(

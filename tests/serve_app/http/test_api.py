@@ -125,10 +125,10 @@ def test_trained_step_models_must_not_have_failed_either(tmp_path: Path) -> None
     community = Path(__file__).resolve().parents[3] / "configs" / "routing" / "community.yaml"
     api = make_api(tmp_path, routing=community)
     steps = {**SONG, "preprocessing_options": '["Dereverb", "Denoise"]'}
-    assert post(api, **steps).status_code == 200
+    assert post(api, ALICE, **steps).status_code == 200
     assert api.state.asked == [{"htdemucs_6s", "Dereverb", "Denoise"}]
     api.state.failure = "model 'Dereverb' is not available"
-    refused = post(api, **steps)
+    refused = post(api, ALICE, **steps)
     assert refused.status_code == 503, refused.text
     assert "Dereverb" in refused.json()["error"]
 
