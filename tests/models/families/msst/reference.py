@@ -39,6 +39,15 @@ def keys_and_shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
     return [(key, list(value.shape)) for key, value in model.state_dict().items()]
 
 
+def assert_builds_msst_keys(path: Path, model: nn.Module) -> None:
+    """`model`, built from the config at `path`, has the state-dict keys, shapes and
+    parameter count MSST's code builds from it (its `*.keys.json`). Aliased tensors
+    (the RoFormers' rotary `freqs`) count once."""
+    expected = key_list(path)
+    assert keys_and_shapes(model) == [(key, shape) for key, shape, *_ in expected["state_dict"]]
+    assert sum(p.numel() for p in model.parameters()) == expected["parameter_count"]
+
+
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """A module built without allocating its weights."""
     with torch.device("meta"):

@@ -14,9 +14,8 @@ from models.families.msst.networks import build_network
 from models.families.msst.scnet import Band, SCNet, SCNetConfigError, band_edges
 from tests.models.families.msst.reference import (
     FIXTURES,
+    assert_builds_msst_keys,
     build_on_meta,
-    key_list,
-    keys_and_shapes,
     published_configs,
     read_config,
     tiny_forward,
@@ -48,9 +47,7 @@ def tiny_output(tiny: SCNet) -> torch.Tensor:
 )
 def test_state_dict_keys_and_shapes_are_msst_s(path: Path) -> None:
     model = build_on_meta(lambda: SCNet.from_config(read_config(path)["model"]))
-    expected = key_list(path)
-    assert keys_and_shapes(model) == [(key, shape) for key, shape, *_ in expected["state_dict"]]
-    assert sum(p.numel() for p in model.parameters()) == expected["parameter_count"]
+    assert_builds_msst_keys(path, model)
 
 
 def test_the_tiny_model_computes_msst_s_output(tiny_output: torch.Tensor) -> None:
