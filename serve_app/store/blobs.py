@@ -192,12 +192,8 @@ class LocalBlobStore:
     def _prefix_entries(self, prefix: str) -> tuple[Path, list[Path]]:
         """The folder a prefix ends in and its entries (files or folders) whose names
         start as the prefix's last segment does; none of the store's own."""
-        if prefix.startswith("/"):
-            raise BlobKeyError(prefix, "it is absolute; keys are relative to the store")
-        folder_key, _, name_start = prefix.rpartition("/")
-        folder = self._locate(folder_key) if folder_key else self.root
-        if name_start:
-            _check_segment(prefix, name_start)
+        folder_key, name_start = check_prefix(prefix)
+        folder = self.root.joinpath(*folder_key.split("/")) if folder_key else self.root
         if not folder.is_dir():
             return folder, []
         entries = [
@@ -209,12 +205,7 @@ class LocalBlobStore:
 
     def _locate(self, key: str) -> Path:
         """The file for `key`, refusing any key that could name something outside the root."""
-        if not key:
-            raise BlobKeyError(key, "it is empty")
-        if key.startswith("/"):
-            raise BlobKeyError(key, "it is absolute; keys are relative to the store")
-        for segment in key.split("/"):
-            _check_segment(key, segment)
+        check_key(key)
         return self.root.joinpath(*key.split("/"))
 
     def _prune(self, folder: Path) -> None:
@@ -225,6 +216,30 @@ class LocalBlobStore:
             except OSError:
                 return
             folder = folder.parent
+
+
+def check_key(key: str) -> None:
+    """Refuse (BlobKeyError) a key that is not a plain relative path of allowed segments;
+    every backend checks keys alike, so a key valid in one store is valid in all."""
+    if not key:
+        raise BlobKeyError(key, "it is empty")
+    if key.startswith("/"):
+        raise BlobKeyError(key, "it is absolute; keys are relative to the store")
+    for segment in key.split("/"):
+        _check_segment(key, segment)
+
+
+def check_prefix(prefix: str) -> tuple[str, str]:
+    """Refuse (BlobKeyError) a prefix whose complete segments are not a valid key; the
+    prefix split into those segments ("" for none) and the start of the last one."""
+    if prefix.startswith("/"):
+        raise BlobKeyError(prefix, "it is absolute; keys are relative to the store")
+    folder_key, _, name_start = prefix.rpartition("/")
+    if folder_key:
+        check_key(folder_key)
+    if name_start:
+        _check_segment(prefix, name_start)
+    return folder_key, name_start
 
 
 def _check_segment(key: str, segment: str) -> None:
