@@ -8,6 +8,7 @@ import hashlib
 import io
 import tracemalloc
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import s3fs
@@ -28,6 +29,10 @@ class Generated(io.RawIOBase):
         self.fail_after = fail_after
         self.position = 0
         self.digest = hashlib.sha256()
+
+    def stream(self) -> BinaryIO:
+        """As `put_stream` takes it."""
+        return io.BufferedReader(self)
 
     def readable(self) -> bool:
         return True
@@ -59,7 +64,7 @@ def test_a_blob_of_several_parts_reads_back_whole(
 ) -> None:
     store = small_parts(s3_url, s3_endpoint, tmp_path)
     source = Generated(2 * MIN_PART_BYTES + 12345)  # three parts, the last a short one
-    store.put_stream(KEY, source)
+    store.put_stream(KEY, source.stream())
     assert store.size(KEY) == source.size
     read = hashlib.sha256()
     with store.open(KEY) as blob:
@@ -74,13 +79,15 @@ def test_a_multipart_upload_that_fails_leaves_nothing(
 ) -> None:
     store = small_parts(s3_url, s3_endpoint, tmp_path)
     store.put_stream(KEY, io.BytesIO(b"the previous stem"))
+    failing = Generated(4 * MIN_PART_BYTES, fail_after=2 * MIN_PART_BYTES + 1)
     with pytest.raises(ConnectionResetError):  # after two parts are uploaded
-        store.put_stream(KEY, Generated(4 * MIN_PART_BYTES, fail_after=2 * MIN_PART_BYTES + 1))
+        store.put_stream(KEY, failing.stream())
     with store.open(KEY) as blob:
         assert blob.read() == b"the previous stem"
     assert uploads_left(s3_admin, store) == []
+    failing = Generated(9 * MiB, fail_after=6 * MiB)  # in the second part
     with pytest.raises(ConnectionResetError):
-        store.put_stream("outputs/task-2/vocals.wav", Generated(9 * MiB, fail_after=6 * MiB))
+        store.put_stream("outputs/task-2/vocals.wav", failing.stream())
     assert not store.exists("outputs/task-2/vocals.wav")
     assert uploads_left(s3_admin, store) == []
 
@@ -142,7 +149,7 @@ def test_a_large_blob_moves_in_bounded_memory(s3_store: S3BlobStore) -> None:
     source = Generated(size)
     tracemalloc.start()
     try:
-        s3_store.put_stream(KEY, source)
+        s3_store.put_stream(KEY, source.stream())
         _, put_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         read = hashlib.sha256()
