@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.audio.decode import DecodeLimits
 from models.stems.routing import DEFAULT_ROUTING_PATH
@@ -25,6 +25,7 @@ from serve_app.outbound.dispatcher import CONCURRENCY, POLL_S
 from serve_app.outbound.fetch import FetchLimits
 from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.outbound.webhooks import RetrySchedule
+from serve_app.store.s3blobs import S3Location
 
 
 class Section(BaseModel):
@@ -166,10 +167,31 @@ class PricingSettings(Section):
     seconds_per_audio_second: float = Field(1.0, gt=0)
 
 
+class S3Settings(Section):
+    """How the S3 API of `blob_url` is reached. Credentials never come from here: they
+    come from the environment as for any AWS client (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, a profile, or the machine's role)."""
+
+    endpoint_url: str | None = None  # an S3-compatible store (MinIO, Ceph); None: AWS
+    region: str | None = None  # None: the environment's (AWS_DEFAULT_REGION)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"s3.endpoint_url {url!r} is not an http:// or https:// URL")
+        return url
+
+
 class AppArgs(Section):
     """Everything `build_app` takes; every field has the local default."""
 
     data_dir: str = "data"
+    # Where blobs (uploads, stems) live: None, the folder data_dir/blobs; "s3://bucket/prefix",
+    # objects in S3 (see `s3`), for replicas that share no disk. Uploads then spool in
+    # data_dir/spool on each replica's own disk.
+    blob_url: str | None = None
+    s3: S3Settings = S3Settings()
     database_url: str | None = None  # default: sqlite:///<data_dir>/tasks.db
     routing: str = str(DEFAULT_ROUTING_PATH)
     model_dir: str | None = None
@@ -192,6 +214,13 @@ class AppArgs(Section):
     engine: EngineSettings = EngineSettings()
     separators: SeparatorDeployments = SeparatorDeployments()
     pricing: PricingSettings = PricingSettings()
+
+    @field_validator("blob_url")
+    @classmethod
+    def _an_s3_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            S3Location.parse(url)  # ValueError, which pydantic reports against blob_url
+        return url
 
     def data_path(self) -> Path:
         """The data folder, absolute, so every replica resolves it alike."""

@@ -25,7 +25,7 @@ from serve_app.deployments import metrics
 from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
-from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.choose import blob_store
 from serve_app.store.faults import log_loop_failure
 from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
 from serve_app.store.tasks import TaskStore, webhook_outbox
@@ -79,7 +79,7 @@ class Housekeeping:
         self.retention = args.retention
         self.poll_s = args.pipeline.poll_s
         self.store = TaskStore(args.db_url())
-        self.blobs = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs = blob_store(args)
         self.work_dir = args.data_path() / "work"
         self.dispatcher = webhook_dispatcher(args, serve.get_replica_context().app_name)
         self.wakeup = asyncio.Event()

@@ -27,7 +27,8 @@ from serve_app.http.extraction import ExtractionApi
 from serve_app.http.probes import Probes
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter
-from serve_app.store.blobs import BlobStore, LocalBlobStore
+from serve_app.store.blobs import BlobStore
+from serve_app.store.choose import blob_store
 from serve_app.store.tasks import TaskStore
 
 READY_TRUSTED_S = 30.0
@@ -57,7 +58,7 @@ class Ingress:
         self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
-        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = blob_store(args)
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)
         self.app_name = serve.get_replica_context().app_name
         pace_replica()  # request bodies reach this replica only as fast as it reads them

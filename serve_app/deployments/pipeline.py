@@ -53,7 +53,8 @@ from serve_app.deployments.separator import ModelStatus, SegmentJob
 from serve_app.http.wire import conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.settings import AppArgs
-from serve_app.store.blobs import BlobStore, LocalBlobStore, local_file
+from serve_app.store.blobs import BlobStore, local_file
+from serve_app.store.choose import blob_store
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
 from serve_app.store.layout import stem_key, work_folder_name
 from serve_app.store.queue import TaskQueue
@@ -164,7 +165,7 @@ class Pipeline:
         self.housekeeping = housekeeping
         self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
-        self.blobs: BlobStore = LocalBlobStore(args.data_path() / "blobs")
+        self.blobs: BlobStore = blob_store(args)
         self.work_dir = args.data_path() / "work"
         self.outbound = args.outbound
         context = serve.get_replica_context()

@@ -50,7 +50,7 @@ class S3Location:
             try:
                 check_key(prefix)
             except BlobKeyError as error:
-                raise ValueError(f"blob URL {url!r}: the prefix is not a plain path") from error
+                raise ValueError(f"blob URL {url!r}: the prefix is refused: {error}") from error
         return cls(bucket, f"{prefix}/" if prefix else "")
 
 

@@ -1,0 +1,58 @@
+"""Tests of choosing the blob store from the settings: the local folder by default, S3 where
+`blob_url` names a bucket (working against moto), and settings that are refused clearly: a
+URL that is not s3://bucket/prefix, an endpoint that is not http(s), credentials in the file."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.settings import AppArgs
+from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.choose import blob_store
+from serve_app.store.s3blobs import S3BlobStore, S3Location
+
+KEY = "inputs/upload-1/audio.mp3"
+
+
+def test_the_default_is_the_data_folder(tmp_path: Path) -> None:
+    store = blob_store(AppArgs(data_dir=str(tmp_path)))
+    assert isinstance(store, LocalBlobStore)
+    assert store.root == tmp_path.resolve() / "blobs"
+
+
+def test_an_s3_url_chooses_s3(tmp_path: Path, s3_url: str, s3_endpoint: str) -> None:
+    args = AppArgs.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "blob_url": s3_url,
+            "s3": {"endpoint_url": s3_endpoint, "region": "us-east-1"},
+        }
+    )
+    store = blob_store(args)
+    assert isinstance(store, S3BlobStore)
+    assert store.location == S3Location.parse(s3_url)
+    assert store.spool_dir() == tmp_path.resolve() / "spool"
+    store.put_stream(KEY, io.BytesIO(b"audio"))
+    assert blob_store(args).size(KEY) == 5  # another replica's store sees it
+    assert not (tmp_path / "blobs").exists()
+
+
+@pytest.mark.parametrize("url", ["/srv/blobs", "s3:/stems", "gs://stems/x", "s3://stems/../x"])
+def test_a_bad_blob_url_is_a_settings_error(url: str) -> None:
+    with pytest.raises(ValidationError, match=rf"blob_url\n.*blob URL {re.escape(repr(url))}"):
+        AppArgs.model_validate({"blob_url": url})
+
+
+def test_an_endpoint_must_be_an_http_url() -> None:
+    with pytest.raises(ValidationError, match=r"s3\.endpoint_url"):
+        AppArgs.model_validate({"s3": {"endpoint_url": "minio:9000"}})
+
+
+def test_credentials_are_not_settings() -> None:
+    with pytest.raises(ValidationError, match="secret_access_key"):
+        AppArgs.model_validate({"s3": {"secret_access_key": "x"}})
