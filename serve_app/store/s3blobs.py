@@ -199,13 +199,22 @@ class S3BlobStore:
         """One S3 request on the store's bucket; BlobMissingError where it names no object."""
         try:
             answer = self.fs.call_s3(method, Bucket=self.location.bucket, **kwargs)
-        except FileNotFoundError as error:  # s3fs's translation of 404 / NoSuchKey
-            raise BlobMissingError(key) from error
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        except (FileNotFoundError, ClientError) as error:
+            # s3fs raises FileNotFoundError for a missing bucket too, which is no missing blob.
+            if _error_code(error) in ("404", "NoSuchKey"):
                 raise BlobMissingError(key) from error
             raise
         return cast(dict[str, Any], answer)
+
+
+def _error_code(error: BaseException) -> str | None:
+    """S3's error code behind `error` (s3fs keeps botocore's error as the cause)."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, ClientError):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    return cast(str | None, cause.response.get("Error", {}).get("Code"))
 
 
 def _read_part(source: BinaryIO, size: int) -> bytearray:

@@ -109,6 +109,14 @@ def test_the_urls_prefix_keeps_stores_in_one_bucket_apart(
         whole.size(KEY)
 
 
+def test_a_missing_bucket_is_no_missing_blob(s3_url: str, s3_endpoint: str, tmp_path: Path) -> None:
+    store = S3BlobStore("s3://no-such-bucket/x", spool_dir=tmp_path, endpoint_url=s3_endpoint)
+    with pytest.raises(FileNotFoundError, match="bucket does not exist"):
+        list(store.list_prefix(""))
+    with pytest.raises(FileNotFoundError, match="bucket does not exist"):
+        store.put_stream(KEY, io.BytesIO(b"audio"))
+
+
 @pytest.mark.parametrize(
     ("url", "bucket", "prefix"),
     [
