@@ -3,9 +3,9 @@
 Configuration flows one way: the code defaults (here, and in the core's own limits, which
 sections such as `uploads` and `decode` take as they are), then the `args` of a Serve config file
 (configs/local.yaml, configs/cluster.yaml), then each deployment's `user_config` at
-runtime. Secrets (API keys, the webhook secret) may be named by an environment variable
-instead of written into the file; they are read when the application is built, never
-on import.
+runtime. Secrets (API keys, the webhook secret, the database URL with its password) may be
+named by an environment variable instead of written into the file; they are read when the
+application is built, never on import.
 """
 
 from __future__ import annotations
@@ -193,6 +193,9 @@ class AppArgs(Section):
     blob_url: str | None = None
     s3: S3Settings = S3Settings()
     database_url: str | None = None  # default: sqlite:///<data_dir>/tasks.db
+    # An environment variable holding the database URL (a Kubernetes secret: the URL
+    # carries the password); set and non-empty, it wins over `database_url`.
+    database_url_env: str | None = None
     routing: str = str(DEFAULT_ROUTING_PATH)
     model_dir: str | None = None
     use_hub: bool = True
@@ -227,7 +230,10 @@ class AppArgs(Section):
         return Path(self.data_dir).expanduser().resolve()
 
     def db_url(self) -> str:
-        """The database URL, defaulting to a SQLite file in the data folder."""
+        """The database URL: `database_url_env`'s variable, else `database_url`, else a
+        SQLite file in the data folder."""
+        if self.database_url_env and os.environ.get(self.database_url_env):
+            return os.environ[self.database_url_env]
         return self.database_url or f"sqlite:///{self.data_path() / 'tasks.db'}"
 
     def webhook_secret(self) -> str | None:
