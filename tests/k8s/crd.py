@@ -1,0 +1,66 @@
+"""A KubeRay CRD's OpenAPI v3 schema as a strict JSON Schema validator.
+
+A CRD schema lets unknown fields through unless an object says otherwise; kubectl's strict
+field validation refuses them. `strict` does the same to a schema: every object schema
+that lists `properties` and says nothing of `additionalProperties` or
+`x-kubernetes-preserve-unknown-fields` gets `additionalProperties: false`.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft4Validator
+
+CRDS = Path(__file__).resolve().parent / "crds"
+RAYSERVICE_CRD = CRDS / "ray.io_rayservices.yaml"
+
+# Keywords whose value is one schema, or a list or map of schemas.
+ONE_SCHEMA = ("items", "additionalProperties", "not")
+SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+SCHEMA_MAPS = ("properties", "patternProperties")
+
+
+def strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` that refuses fields it does not declare, at every depth."""
+    closed = copy.deepcopy(schema)
+    _close(closed)
+    return closed
+
+
+def _close(schema: dict[str, Any]) -> None:
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        schema["additionalProperties"] = False
+    for keyword in ONE_SCHEMA:
+        if isinstance(schema.get(keyword), dict):
+            _close(schema[keyword])
+    for keyword in SCHEMA_LISTS:
+        for each in schema.get(keyword, ()):
+            _close(each)
+    for keyword in SCHEMA_MAPS:
+        for each in schema.get(keyword, {}).values():
+            _close(each)
+
+
+@cache
+def openapi_schema(crd: Path, version: str) -> dict[str, Any]:
+    """The `openAPIV3Schema` of one served version of a CRD file."""
+    document = yaml.load(crd.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (served,) = [each for each in document["spec"]["versions"] if each["name"] == version]
+    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def validator(crd: Path, version: str, *, strict_fields: bool = True) -> Draft4Validator:
+    """A validator for objects of `crd` at `version` (OpenAPI v3.0 schemas are draft 4's
+    dialect; the `x-kubernetes-*` extensions are ignored as unknown keywords)."""
+    schema = openapi_schema(crd, version)
+    return Draft4Validator(strict(schema) if strict_fields else schema)
