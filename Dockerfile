@@ -32,7 +32,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
 COPY --from=wheel /home/ray/wheels /home/ray/wheels
 RUN pip install --no-cache-dir "$(echo /home/ray/wheels/stemsplit-*.whl)[postgres]" \
     && rm -rf /home/ray/wheels
-# demucs hub weights go to torch's cache: under /models, with the rest.
-ENV TORCH_HOME=/models/torch
+# demucs hub models (`fetch --hub`) go to the Hugging Face cache: under /models too.
+ENV HF_HOME=/models/huggingface
 RUN if [ -n "${MODELS}" ]; then python -m models fetch ${MODELS} --no-progress --model-dir /models; fi
 WORKDIR /home/ray
