@@ -31,8 +31,6 @@ from models.fetching import (
 )
 from models.stems.routing import ModelEntry, Routing
 
-# The routing's rule: a pinned sha256 is the whole digest or a prefix of 8 hex digits or more.
-MIN_SHA256_DIGITS = 8
 # The single-file weights demucs loads from a model folder (models/families/demucs/loading.py).
 DEMUCS_FILE_SUFFIXES = (".th", ".safetensors")
 
@@ -181,7 +179,6 @@ class _Fetcher:
                 model_file.url,
                 dest,
                 sha256=model_file.sha256,
-                min_sha256_digits=MIN_SHA256_DIGITS,
                 progress=self.progress,
                 timeout_s=self.timeout_s,
                 max_bytes=self.max_bytes,

@@ -31,7 +31,9 @@ DEFAULT_MAX_BYTES = 4 << 30  # the largest published MSST checkpoints are under 
 BLOCK = 1 << 20
 PART_SUFFIX = ".part"
 SCHEMES = ("http", "https")
-_HEX = re.compile(r"[0-9a-f]+")
+# How a sha256 is pinned everywhere (routing, loaders, fetch): the whole hex digest or a
+# prefix of at least 8 digits of it, matched without regard to case.
+SHA256_PIN = re.compile(r"[0-9a-fA-F]{8,64}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -101,7 +103,6 @@ def fetch_file(
     dest: Path,
     *,
     sha256: str | None,
-    min_sha256_digits: int = 64,
     progress: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -110,16 +111,13 @@ def fetch_file(
     missing. Raises FetchChecksumError, FetchLimitError (nothing kept) or
     FetchInterruptedError (the partial file kept for the next call).
 
-    `sha256` is the whole hex digest or, when `min_sha256_digits` allows, a prefix of it
-    at least that long. None pins nothing: a file already at `dest` is kept, a download is
+    `sha256` is pinned as SHA256_PIN says (the digest or a prefix of 8 digits or more).
+    None pins nothing: a file already at `dest` is kept, a download is
     taken as it comes, and the result's `sha256` is the one to pin.
     """
     expected = None if sha256 is None else sha256.lower()
-    if expected is not None and not (
-        min_sha256_digits <= len(expected) <= 64 and _HEX.fullmatch(expected)
-    ):
-        digits = "64" if min_sha256_digits >= 64 else f"{min_sha256_digits}-64"
-        raise ValueError(f"sha256 for {dest.name} must be {digits} hex digits, got {sha256!r}")
+    if expected is not None and not SHA256_PIN.fullmatch(expected):
+        raise ValueError(f"sha256 for {dest.name} must be 8-64 hex digits, got {sha256!r}")
     scheme = url.partition(":")[0].lower()
     if scheme not in SCHEMES:
         raise FetchError(f"{dest.name}: only http and https URLs are fetched, got {url!r}")

@@ -53,6 +53,7 @@ import yaml
 
 from models.errors import RoutingError
 from models.families import CONFIGURED_FAMILIES, FAMILIES
+from models.fetching import SHA256_PIN
 from models.preprocess.catalogue import STEPS
 from models.stems.catalogue import ALL_STEMS, MIXTURE
 
@@ -70,7 +71,6 @@ _SOURCE_KEYS = frozenset({"weights", "config"})
 _QUALITY_KEYS = frozenset({"stem", "sdr", "measured_on"})
 _INFERENCE_KEYS = frozenset({"batch_size", "num_overlap"})
 _DERIVED_KEYS = frozenset({"from", "minus"})
-_HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _URL = re.compile(r"https?://[^\s]+")
 UNSTATED = "unstated"
 # Licences that allow any use with attribution at most: `python -m models fetch` asks
@@ -360,7 +360,7 @@ def _parse_sha256(where: str, value: object) -> str | None:
     if value is None:
         return None
     # YAML reads an all-digit checksum as a number, so insist on a quoted string.
-    if not isinstance(value, str) or not _HEX.fullmatch(value):
+    if not isinstance(value, str) or not SHA256_PIN.fullmatch(value):
         raise RoutingError(f"{where}: {value!r} is not a quoted hex string of 8-64 digits")
     return value.lower()
 

@@ -224,7 +224,12 @@ def test_only_http_urls(url: str, dest: Path) -> None:
         fetch_file(url, dest, sha256=DIGEST, progress=False)
 
 
-def test_digest_must_be_a_whole_sha256(server: LoopbackServer, dest: Path) -> None:
-    with pytest.raises(ValueError, match="64 hex digits"):
-        fetch_file(server.url(NAME), dest, sha256=DIGEST[:12], progress=False)
+def test_digest_must_be_a_sha256_or_a_prefix_of_8_digits(
+    server: LoopbackServer, dest: Path
+) -> None:
+    for pin in (DIGEST[:7], DIGEST + "0", "g" * 64):
+        with pytest.raises(ValueError, match="8-64 hex digits"):
+            fetch_file(server.url(NAME), dest, sha256=pin, progress=False)
     assert server.seen == []
+    result = fetch_file(server.url(NAME), dest, sha256=DIGEST[:8].upper(), progress=False)
+    assert result.sha256 == DIGEST

@@ -17,7 +17,6 @@ from the present one, since they are the same tensor.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from models.errors import ModelLoadError, ModelMissingError
-from models.fetching import sha256_of
+from models.fetching import SHA256_PIN, sha256_of
 
 WEIGHT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 WRAPPER_KEYS = ("state", "state_dict", "model_state_dict")  # unwrapped in this order, as MSST
@@ -109,7 +108,7 @@ def load_weights(
     if not path.is_file():
         raise ModelMissingError(model_name, [str(path)])
     if expected_sha256 is not None:
-        _verify(path, expected_sha256, model_name)
+        verify_sha256(path, expected_sha256, model_name)
     try:
         if path.suffix == ".safetensors":
             content: Any = load_safetensors(path, device="cpu")
@@ -126,9 +125,9 @@ def load_weights(
     }
 
 
-def _verify(path: Path, expected: str, model_name: str) -> None:
-    # The routing's rule: the whole sha256 or a prefix of at least 8 hex digits.
-    if not re.fullmatch(r"[0-9a-fA-F]{8,64}", expected):
+def verify_sha256(path: Path, expected: str, model_name: str) -> None:
+    """Raise ChecksumMismatchError unless `path` has the pinned sha256 (see SHA256_PIN)."""
+    if not SHA256_PIN.fullmatch(expected):
         raise ModelLoadError(
             f"model {model_name!r}: the configured sha256 of {path.name} is not 8-64 hex digits"
         )

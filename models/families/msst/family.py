@@ -18,11 +18,10 @@ from torch import nn
 
 from models.engine.geometry import Geometry
 from models.errors import ModelLoadError, ModelMissingError
-from models.families.msst.checkpoint import load_into, load_weights
+from models.families.msst.checkpoint import load_into, load_weights, verify_sha256
 from models.families.msst.chunking import ChunkTiling
 from models.families.msst.config import MsstConfig, read_config
 from models.families.msst.networks import build_network
-from models.fetching import sha256_of
 from models.stems.routing import ModelEntry
 
 
@@ -86,11 +85,8 @@ class MsstFamily:
             raise ModelMissingError(
                 entry.name, missing, f"fetch it: python -m models fetch {entry.name}"
             )
-        if entry.config_sha256 and not sha256_of(config_file).startswith(entry.config_sha256):
-            raise ModelLoadError(
-                f"model {entry.name!r}: checksum mismatch for {config_file.name}: "
-                f"expected sha256 {entry.config_sha256}"
-            )
+        if entry.config_sha256 is not None:
+            verify_sha256(config_file, entry.config_sha256, entry.name)
         config = read_config(config_file, model_type=entry.family)
         network = build_network(config)
         state = load_weights(weights_file, model_name=entry.name, expected_sha256=entry.sha256)
