@@ -84,6 +84,13 @@ class SegmentTiles:
         return self.weights(cut)
 
 
+def _segment_tiling(geometry: Geometry) -> SegmentTiling:
+    """The geometry's tiling, which the segment rules here must be."""
+    if not isinstance(geometry.tiling, SegmentTiling):
+        raise TypeError(f"segment cuts need a SegmentTiling, got {type(geometry.tiling).__name__}")
+    return geometry.tiling
+
+
 def transition_weight(segment_length: int, power: float = 1.0) -> torch.Tensor:
     """Demucs's triangular cross-fade weight over one segment."""
     half = segment_length // 2
@@ -111,7 +118,7 @@ def cut_track(
     else:
         # The shift trick: each shift pads the track with up to max_shift_s of
         # silence in front, as apply_model does, drawing offsets the same way.
-        max_shift = int(getattr(geometry.tiling, "max_shift_s", 0.0) * geometry.samplerate)
+        max_shift = int(_segment_tiling(geometry).max_shift_s * geometry.samplerate)
         if max_shift == 0:
             raise ValueError("this model takes no shifts; use shifts=0")
         rng = random.Random(seed)
@@ -136,10 +143,7 @@ class CutWeights:
     Computed per cut on demand, so memory does not grow with the number of cuts."""
 
     def __init__(self, cuts: Sequence[Cut], geometry: Geometry, *, shifts: int = 0) -> None:
-        tiling = geometry.tiling
-        if not isinstance(tiling, SegmentTiling):
-            raise TypeError(f"CutWeights needs a SegmentTiling, got {type(tiling).__name__}")
-        self.base = tiling.weight(geometry.segment_length)
+        self.base = _segment_tiling(geometry).weight(geometry.segment_length)
         self.scale = 1.0 / max(shifts, 1)
         self.by_shift: dict[int, list[Cut]] = {}
         for cut in cuts:
