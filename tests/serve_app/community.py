@@ -3,17 +3,21 @@ for the tests of every public stem (tests/serve_app/test_all_stems*.py)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+import requests
 from ray import serve
 
 from serve_app.app import build_app
 from serve_app.settings import PipelineSettings, SeparatorDeployments
-from tests.serve_app.service import Service
+from tests.serve_app.service import KEY_A, Service, poll, samples_of
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMUNITY = ROOT / "configs" / "routing" / "community.yaml"
@@ -56,3 +60,34 @@ def deployed(
         yield Community(url=f"{service.url}/{name}", routing=routing, model_dir=model_dir)
     finally:
         serve.delete(name)
+
+
+def separate_over_http(
+    app: Community,
+    song: Path,
+    stems: list[str],
+    *,
+    preprocessing: list[str] | None = None,
+    timeout_s: float = 300.0,
+) -> dict[str, npt.NDArray[np.float32]]:
+    """POST the song for `stems` to `app`, wait for COMPLETED, and return each stem's
+    samples, as a client downloads them."""
+    fields = {"stems": json.dumps(stems)}
+    if preprocessing is not None:
+        fields["preprocessing_options"] = json.dumps(preprocessing)
+    with song.open("rb") as audio:
+        answer = requests.post(
+            app.api("Extraction"),
+            headers={"Authorization": KEY_A},
+            data=fields,
+            files={"audio_file": (song.name, audio)},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+    conversion = poll(app.api("byId"), answer.json()["task_id"], timeout_s=timeout_s)
+    assert conversion["status"] == "COMPLETED", conversion
+    assert set(conversion["stems"]) == set(stems)
+    return {
+        stem: samples_of(requests.get(url, headers={"Authorization": KEY_A}, timeout=60).content)
+        for stem, url in conversion["stems"].items()
+    }

@@ -12,7 +12,6 @@ stems sum exactly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +23,15 @@ from models.run import ModelStore, separate_file
 from models.stems.catalogue import NO_PUBLIC_MODEL
 from models.stems.routing import load_routing
 from models.testing.models import write_test_models
-from tests.serve_app.community import COMMUNITY, CONFIGS, LSB, Community, deployed
-from tests.serve_app.service import KEY_A, Service, poll, samples_of, write_song
+from tests.serve_app.community import (
+    COMMUNITY,
+    CONFIGS,
+    LSB,
+    Community,
+    deployed,
+    separate_over_http,
+)
+from tests.serve_app.service import KEY_A, Service, samples_of, write_song
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +50,7 @@ def test_every_public_stem_completes_over_http(community: Community, tmp_path: P
     routing = load_routing(community.routing)
     stems = list(routing.served_stems())
     assert len(stems) == 16
-    with song.open("rb") as audio:
-        answer = requests.post(
-            community.api("Extraction"),
-            headers={"Authorization": KEY_A},
-            data={"stems": str(stems).replace("'", '"')},
-            files={"audio_file": (song.name, audio)},
-            timeout=60,
-        )
-    assert answer.status_code == 200, answer.text
-    task_id = answer.json()["task_id"]
-    conversion = poll(community.api("byId"), task_id, timeout_s=300)
-    assert conversion["status"] == "COMPLETED", conversion
-    assert set(conversion["stems"]) == set(stems)
-    served = {
-        stem: samples_of(requests.get(url, headers={"Authorization": KEY_A}, timeout=60).content)
-        for stem, url in conversion["stems"].items()
-    }
+    served = separate_over_http(community, song, stems)
     mixture = samples_of(song.read_bytes())
     for stem, samples in served.items():
         assert samples.shape == mixture.shape, stem
@@ -97,22 +87,7 @@ def test_trained_preprocessing_models_serve_their_steps(
     song = tmp_path / "song.wav"
     write_song(song, 2.0, seed=5)
     steps = ["Dereverb", "Denoise", "Deecho"]
-    with song.open("rb") as audio:
-        answer = requests.post(
-            community.api("Extraction"),
-            headers={"Authorization": KEY_A},
-            data={"stems": '["lead_vocal"]', "preprocessing_options": json.dumps(steps)},
-            files={"audio_file": (song.name, audio)},
-            timeout=60,
-        )
-    assert answer.status_code == 200, answer.text
-    conversion = poll(community.api("byId"), answer.json()["task_id"], timeout_s=300)
-    assert conversion["status"] == "COMPLETED", conversion
-    served = samples_of(
-        requests.get(
-            conversion["stems"]["lead_vocal"], headers={"Authorization": KEY_A}, timeout=60
-        ).content
-    )
+    served = separate_over_http(community, song, ["lead_vocal"], preprocessing=steps)["lead_vocal"]
     # The command line runs the three routed models (no DSP) on the same routing.
     routing = load_routing(community.routing)
     assert set(routing.preprocessing) == set(steps)

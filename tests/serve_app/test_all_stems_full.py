@@ -10,20 +10,25 @@ batches, not how fast they are (benchmarks/ measures that).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import yaml
 
 from models.families.msst.config import read_config
 from models.stems.routing import load_routing
 from models.testing.models import write_test_models
-from tests.serve_app.community import COMMUNITY, CONFIGS, LSB, Community, deployed
-from tests.serve_app.service import KEY_A, Service, poll, samples_of, write_song
+from tests.serve_app.community import (
+    COMMUNITY,
+    CONFIGS,
+    LSB,
+    Community,
+    deployed,
+    separate_over_http,
+)
+from tests.serve_app.service import Service, samples_of, write_song
 
 pytestmark = pytest.mark.slow
 
@@ -55,22 +60,8 @@ def test_published_architectures_serve_every_public_stem(
     song = tmp_path / "song.wav"
     write_song(song, 1.0, seed=6)
     stems = list(routing.served_stems())
-    with song.open("rb") as audio:
-        answer = requests.post(
-            full_size.api("Extraction"),
-            headers={"Authorization": KEY_A},
-            data={"stems": json.dumps(stems)},
-            files={"audio_file": (song.name, audio)},
-            timeout=60,
-        )
-    assert answer.status_code == 200, answer.text
-    conversion = poll(full_size.api("byId"), answer.json()["task_id"], timeout_s=1200)
-    assert conversion["status"] == "COMPLETED", conversion
-    assert set(conversion["stems"]) == set(stems) and len(stems) == 16
-    served = {
-        stem: samples_of(requests.get(url, headers={"Authorization": KEY_A}, timeout=60).content)
-        for stem, url in conversion["stems"].items()
-    }
+    served = separate_over_http(full_size, song, stems, timeout_s=1200)
+    assert len(served) == 16
     mixture = samples_of(song.read_bytes())
     for stem, samples in served.items():
         assert samples.shape == mixture.shape, stem
