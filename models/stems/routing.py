@@ -62,8 +62,8 @@ DEFAULT_ROUTING_PATH: Path = Path(__file__).resolve().with_name("models.yaml")
 
 _TOP_KEYS = frozenset({"models", "derived", "preprocessing"})
 _COMMON_KEYS = frozenset(
-    {"family", "weights", "config", "sha256", "config_sha256", "source", "licence", "quality"}
-    | {"inference"}
+    {"family", "weights", "config", "sha256", "config_sha256", "source", "licence"}
+    | {"quality", "inference"}
 )
 _MODEL_KEYS = _COMMON_KEYS | {"input", "outputs"}
 _STEP_KEYS = _COMMON_KEYS | {"output"}
