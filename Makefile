@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch range is already satisfied and pip does not fetch a CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install run test-model test lint typecheck unit clean
+.PHONY: install system-packages run test-model test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Debian packages the tests need: PostgreSQL's server programs, for the task store's tests
+# on a throwaway server on loopback (tests/pgserver.py). Skipped where they are installed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null || \
+		{ $(SUDO) apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
 
 # The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml). The
 # variable makes Serve's HTTP proxy install serve_app/http/proxyguard.py as it starts: header
@@ -39,7 +47,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install system-packages
 	$(BIN)/pytest
 
 test: lint typecheck unit
