@@ -2,8 +2,8 @@
 schema with unknown fields refused, holds exactly configs/cluster.yaml as a valid Serve
 config, takes secrets only from Secrets, and pins the Ray of the image and of pyproject.
 
-The Redis objects (PersistentVolumeClaim, Deployment, Service) are core Kubernetes kinds
-whose schemas are not available offline: they are checked structurally only.
+The Redis objects (PersistentVolumeClaim, Deployment, Service) are checked here for what
+the RayService relies on; test_core_objects.py validates them against Kubernetes' schemas.
 """
 
 from __future__ import annotations
