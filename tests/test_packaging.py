@@ -1,6 +1,8 @@
 """The project as a wheel: built from a copy of its sources, installed into a fresh venv
 outside the repository, and run from a folder outside it, so that whatever the package
-needs at runtime (the default routing, models/stems/models.yaml) ships inside it.
+needs at runtime (the default routing, models/stems/models.yaml) ships inside it. Its
+metadata: the Python classifiers say what requires-python allows, and lint and type checks
+target the oldest of those Pythons.
 
 Offline: the wheel is built without build isolation and installed without its
 dependencies, which the fresh venv borrows from this one through a .pth file.
@@ -9,22 +11,25 @@ dependencies, which the fresh venv borrows from this one through a .pth file.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import site
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from models.audio.encode import StemEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "models", "serve_app")
-
-pytestmark = pytest.mark.slow
+PYTHON_CLASSIFIER = "Programming Language :: Python :: "
 
 
 def run(*command: str | Path, cwd: Path) -> str:
@@ -64,6 +69,7 @@ def installed_venv(root: Path) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_installed_wheel_separates_with_its_packaged_routing(tmp_path: Path) -> None:
     python = installed_venv(tmp_path)
     elsewhere = tmp_path / "elsewhere"
@@ -85,3 +91,37 @@ def test_installed_wheel_separates_with_its_packaged_routing(tmp_path: Path) -> 
         "vocals.wav",
     ]
     assert printed.split() == ["stems/vocals.wav", "stems/drums.wav"]
+
+
+def pyproject() -> dict[str, Any]:
+    document: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return document
+
+
+def supported_pythons() -> list[str]:
+    """Every Python 3 minor release requires-python allows, oldest first (it has an upper
+    bound: a release the project has never run on is not claimed)."""
+    allowed = SpecifierSet(pyproject()["project"]["requires-python"])
+    return [f"3.{minor}" for minor in range(100) if allowed.contains(f"3.{minor}")]
+
+
+def test_python_classifiers_are_the_pythons_requires_python_allows() -> None:
+    classifiers = pyproject()["project"]["classifiers"]
+    versions = [
+        each.removeprefix(PYTHON_CLASSIFIER)
+        for each in classifiers
+        if each.startswith(PYTHON_CLASSIFIER + "3.")
+    ]
+    assert versions == supported_pythons()
+    assert PYTHON_CLASSIFIER + "3 :: Only" in classifiers
+    (tested,) = re.findall(r"^PYTHON \?= python(\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert tested in versions  # `make test`'s own Python
+
+
+def test_lint_and_type_checks_target_the_oldest_supported_python() -> None:
+    """Syntax or a standard-library name newer than the oldest Python would pass the checks
+    run on a newer one and break there."""
+    oldest = supported_pythons()[0]
+    tools = pyproject()["tool"]
+    assert tools["ruff"]["target-version"] == "py" + oldest.replace(".", "")
+    assert tools["mypy"]["python_version"] == oldest
