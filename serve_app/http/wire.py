@@ -42,9 +42,14 @@ class StemLinks:
     presign_expiry_s: int | None = None
 
     def url(self, record: TaskRecord, stem: str) -> str:
-        """The URL of one of the task's stems."""
+        """The URL of one of the task's stems; the API's once retention deleted the files,
+        which answers 410 with the reason where a signed URL would meet a bare 404."""
         name = stem_file(stem, record.spec.output_format)
-        if self.blobs is not None and self.presign_expiry_s is not None:
+        if (
+            self.blobs is not None
+            and self.presign_expiry_s is not None
+            and record.files_expired_at is None
+        ):
             signed = self.blobs.presigned_url(
                 record.results[stem], self.presign_expiry_s, filename=name
             )

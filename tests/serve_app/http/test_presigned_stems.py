@@ -1,7 +1,7 @@
 """Tests of byId with blobs on S3 (moto) and presigned stem URLs configured: the API app in
 process answers with URLs of the bucket itself, signed at each read for the configured
 expiry, that download the stem with no credentials; the API's own file endpoint still
-serves the stem too."""
+serves the stem too, and answers for stems that retention deleted."""
 
 from __future__ import annotations
 
@@ -82,4 +82,12 @@ def test_by_id_answers_presigned_urls_that_download_the_stem(
     assert download.headers["content-disposition"] == 'attachment; filename="drums.flac"'
     served = client.get(f"{PREFIX}/files/{task.task_id}/drums.flac", headers=ALICE)
     assert served.content == STEM
+
+    # Once retention deleted them, the API's URL says so (410) where S3's would only 404.
+    store.files.expire_files(datetime.now(UTC) + timedelta(hours=1))
+    answer = client.get(f"{PREFIX}/byId", params={"task_id": task.task_id}, headers=ALICE)
+    expired = answer.json()["conversion"]
+    assert expired["files_expired"] is True
+    assert expired["stems"]["drums"].endswith(f"{PREFIX}/files/{task.task_id}/drums.flac")
+    assert client.get(expired["stems"]["drums"], headers=ALICE).status_code == 410
     store.close()
