@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.audio.decode import DecodeLimits
 from models.stems.routing import DEFAULT_ROUTING_PATH
@@ -25,7 +25,7 @@ from serve_app.outbound.dispatcher import CONCURRENCY, POLL_S
 from serve_app.outbound.fetch import FetchLimits
 from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.outbound.webhooks import RetrySchedule
-from serve_app.store.s3blobs import S3Location
+from serve_app.store.s3blobs import PRESIGN_MAX_S, S3Location
 
 
 class Section(BaseModel):
@@ -174,6 +174,11 @@ class S3Settings(Section):
 
     endpoint_url: str | None = None  # an S3-compatible store (MinIO, Ceph); None: AWS
     region: str | None = None  # None: the environment's (AWS_DEFAULT_REGION)
+    # Stem URLs in results (byId, webhooks) as presigned S3 GET URLs lasting
+    # `presign_expiry_s` (1 s to 7 days, S3's limit) rather than the API's file endpoint,
+    # so downloads go straight to the bucket. Only with an s3:// `blob_url`.
+    presign_urls: bool = False
+    presign_expiry_s: int = Field(3600, ge=1, le=PRESIGN_MAX_S)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -224,6 +229,19 @@ class AppArgs(Section):
         if url is not None:
             S3Location.parse(url)  # ValueError, which pydantic reports against blob_url
         return url
+
+    @model_validator(mode="after")
+    def _presign_needs_s3(self) -> AppArgs:
+        if self.s3.presign_urls and self.blob_url is None:
+            raise ValueError(
+                "s3.presign_urls needs blob_url set to s3://bucket/prefix: "
+                "the local blob store has no presigned URLs"
+            )
+        return self
+
+    def presign_expiry_s(self) -> int | None:
+        """How long presigned stem URLs last; None: stems are served by the API."""
+        return self.s3.presign_expiry_s if self.s3.presign_urls else None
 
     def data_path(self) -> Path:
         """The data folder, absolute, so every replica resolves it alike."""

@@ -50,7 +50,7 @@ from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
 from serve_app.deployments.separator import ModelStatus, SegmentJob
-from serve_app.http.wire import conversion, credits
+from serve_app.http.wire import StemLinks, conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.settings import AppArgs
 from serve_app.store.blobs import BlobStore, local_file
@@ -166,6 +166,7 @@ class Pipeline:
         self.routing = routing
         self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
         self.blobs: BlobStore = blob_store(args)
+        self.links = StemLinks(args.public_url, self.blobs, args.presign_expiry_s())
         self.work_dir = args.data_path() / "work"
         self.outbound = args.outbound
         context = serve.get_replica_context()
@@ -246,7 +247,7 @@ class Pipeline:
         self.wakeup.set()
 
     def _payload(self, record: TaskRecord) -> str:
-        return json.dumps(conversion(record, self.args.public_url))
+        return json.dumps(conversion(record, self.links))
 
     async def _run(self, record: TaskRecord) -> None:
         task_id = record.task_id

@@ -36,7 +36,7 @@ from serve_app.http.errors import (
 )
 from serve_app.http.form import ExtractionForm, FormError, read_extraction_form
 from serve_app.http.probes import ServiceState
-from serve_app.http.wire import conversion, credits, eta_s, webhook_report
+from serve_app.http.wire import StemLinks, conversion, credits, eta_s, webhook_report
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter, Refusal, Slot
 from serve_app.store.blobs import BlobMissingError, BlobStore
@@ -89,6 +89,7 @@ class ExtractionApi:
         self.store = store
         self.limiter = limiter
         self.blobs = blobs
+        self.links = StemLinks(args.public_url, blobs, args.presign_expiry_s())
         self.auth = auth
         self.state = state
         self.wake = wake
@@ -259,7 +260,7 @@ class ExtractionApi:
         if record is None:
             raise NotFound("no such task")
         deliveries = await asyncio.to_thread(self.store.outbox.deliveries, record.task_id)
-        body = conversion(record, self.args.public_url)
+        body = await asyncio.to_thread(conversion, record, self.links)
         body["files_expired"] = record.files_expired_at is not None
         body["webhook"] = [webhook_report(delivery) for delivery in deliveries]
         return JSONResponse({"success": True, "conversion": body})

@@ -10,13 +10,19 @@ pipeline runs at once). Seconds of work per audio second come from this deployme
 last finished tasks (`TaskStatistics.recent_speed`), or from the configured prior until it
 has finished any. Without a duration (an `audio_url` not yet fetched) the eta is -1 and
 the credit estimate 0.
+
+Stem URLs point at the API's file endpoint, or, where presigning is configured, are S3 GET
+URLs signed when the object is rendered, so each byId read gets a fresh expiry; a webhook's
+are signed when its body is built, at the task's completion.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from serve_app.store.blobs import BlobStore
 from serve_app.store.layout import stem_file
 from serve_app.store.records import Delivery, TaskRecord
 
@@ -26,12 +32,35 @@ def file_url(public_url: str, task_id: str, name: str) -> str:
     return f"{public_url.rstrip('/')}/api/public/v1/files/{quote(task_id)}/{quote(name)}"
 
 
-def conversion(record: TaskRecord, public_url: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StemLinks:
+    """Where clients download stems: the API's file endpoint under `public_url`, or, with
+    `presign_expiry_s` set, URLs that `blobs` signs for that long where it can."""
+
+    public_url: str
+    blobs: BlobStore | None = None
+    presign_expiry_s: int | None = None
+
+    def url(self, record: TaskRecord, stem: str) -> str:
+        """The URL of one of the task's stems; the API's once retention deleted the files,
+        which answers 410 with the reason where a signed URL would meet a bare 404."""
+        name = stem_file(stem, record.spec.output_format)
+        if (
+            self.blobs is not None
+            and self.presign_expiry_s is not None
+            and record.files_expired_at is None
+        ):
+            signed = self.blobs.presigned_url(
+                record.results[stem], self.presign_expiry_s, filename=name
+            )
+            if signed is not None:
+                return signed
+        return file_url(self.public_url, record.task_id, name)
+
+
+def conversion(record: TaskRecord, links: StemLinks) -> dict[str, Any]:
     """The MusicGPT conversion object of a task."""
-    stems = {
-        stem: file_url(public_url, record.task_id, stem_file(stem, record.spec.output_format))
-        for stem in record.results
-    }
+    stems = {stem: links.url(record, stem) for stem in record.results}
     return {
         "task_id": record.task_id,
         "conversion_id": record.conversion_id,

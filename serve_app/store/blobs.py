@@ -87,6 +87,12 @@ class BlobStore(Protocol):
         """A local folder for uploads in progress, from which `put_file` moves cheaply."""
         ...
 
+    def presigned_url(self, key: str, expiry_s: int, *, filename: str | None = None) -> str | None:
+        """A URL that downloads the blob without credentials for `expiry_s` seconds, saved
+        as `filename` where given; None where the backend has no such URLs (clients then
+        download through the API)."""
+        ...
+
 
 class LocalBlobStore:
     """Blobs as files under one root folder; a key's segments are its folders and name."""
@@ -164,6 +170,11 @@ class LocalBlobStore:
         spool = self.root / SPOOL
         spool.mkdir(exist_ok=True)
         return spool
+
+    def presigned_url(self, key: str, expiry_s: int, *, filename: str | None = None) -> str | None:
+        """None: a folder has no URLs of its own; files are served by the API."""
+        check_key(key)
+        return None
 
     @contextmanager
     def _writing(self, key: str) -> Iterator[Path]:

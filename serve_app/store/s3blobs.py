@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any, BinaryIO, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import s3fs
 from botocore.exceptions import ClientError
@@ -23,6 +23,7 @@ from serve_app.store.blobs import BlobEntry, BlobKeyError, BlobMissingError, che
 PART_BYTES = 8 * 1024**2  # S3 takes parts of 5 MiB to 5 GiB; only the last may be smaller
 MIN_PART_BYTES = 5 * 1024**2
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
+PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may last
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class S3BlobStore:
             client_kwargs={"region_name": region} if region else {},
             use_listings_cache=False,
             skip_instance_cache=True,
+            # SigV4 for presigned URLs too (botocore may presign with SigV2, which regions
+            # opened since 2014 refuse and which has no 7-day limit).
+            config_kwargs={"signature_version": "s3v4"},
         )
 
     def put_file(self, key: str, source: Path) -> None:
@@ -190,6 +194,17 @@ class S3BlobStore:
         self._spool.mkdir(parents=True, exist_ok=True)
         return self._spool
 
+    def presigned_url(self, key: str, expiry_s: int, *, filename: str | None = None) -> str:
+        """A GET URL signed for `expiry_s` seconds (1 s to 7 days) that downloads the object
+        with no credentials, as `filename` where given (S3 answers with that
+        Content-Disposition). Signing is local: no request, so existence is not checked."""
+        check_presign_expiry(expiry_s)
+        params = {}
+        if filename is not None:
+            params["ResponseContentDisposition"] = content_disposition(filename)
+        path = f"{self.location.bucket}/{self._name(key)}"
+        return cast(str, self.fs.url(path, expires=expiry_s, **params))
+
     def _name(self, key: str) -> str:
         """The object key of a blob key, after checking it."""
         check_key(key)
@@ -205,6 +220,23 @@ class S3BlobStore:
                 raise BlobMissingError(key) from error
             raise
         return cast(dict[str, Any], answer)
+
+
+def check_presign_expiry(expiry_s: int) -> None:
+    """Refuse (ValueError) an expiry S3 does not sign: under 1 s or over 7 days."""
+    if not 1 <= expiry_s <= PRESIGN_MAX_S:
+        raise ValueError(
+            f"a presigned URL lasts 1 to {PRESIGN_MAX_S} s (7 days, S3's limit), not {expiry_s}"
+        )
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment named `filename`, as Starlette's FileResponse writes it: the plain form
+    for a name that needs no escaping, else RFC 5987's."""
+    escaped = quote(filename)
+    if escaped == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename*=utf-8''{escaped}"
 
 
 def _error_code(error: BaseException) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from serve_app.http.wire import conversion, credits, eta_s, file_url
+from serve_app.http.wire import StemLinks, conversion, credits, eta_s, file_url
 from serve_app.store.records import Status, TaskRecord, TaskSpec
 
 
@@ -42,7 +42,7 @@ def test_conversion_object_has_musicgpt_fields_and_stem_urls() -> None:
         lease_owner=None,
         lease_until=None,
     )
-    body = conversion(record, "http://host:8000/")
+    body = conversion(record, StemLinks("http://host:8000/"))
     assert body["conversion_type"] == "EXTRACTION"
     assert body["status"] == "COMPLETED"
     assert body["stems"] == {"vocals": "http://host:8000/api/public/v1/files/t%201/vocals.flac"}
@@ -50,5 +50,7 @@ def test_conversion_object_has_musicgpt_fields_and_stem_urls() -> None:
     for name in ("task_id", "conversion_id", "status_msg", "audio_url", "progress", "createdAt"):
         assert name in body
     assert body["warnings"] == []  # always present
-    warned = conversion(replace(record, warnings=("the input ended early",)), "http://host")
+    warned = conversion(
+        replace(record, warnings=("the input ended early",)), StemLinks("http://host")
+    )
     assert warned["warnings"] == ["the input ended early"]

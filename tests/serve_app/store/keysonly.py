@@ -45,3 +45,6 @@ class KeysOnlyBlobStore:
 
     def spool_dir(self) -> Path:
         return self.local.spool_dir()
+
+    def presigned_url(self, key: str, expiry_s: int, *, filename: str | None = None) -> str | None:
+        return self.local.presigned_url(key, expiry_s, filename=filename)

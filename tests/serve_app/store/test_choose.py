@@ -1,6 +1,7 @@
 """Tests of choosing the blob store from the settings: the local folder by default, S3 where
 `blob_url` names a bucket (working against moto), and settings that are refused clearly: a
-URL that is not s3://bucket/prefix, an endpoint that is not http(s), credentials in the file."""
+URL that is not s3://bucket/prefix, an endpoint that is not http(s), credentials in the file,
+presigned URLs without S3 or with an expiry S3 does not sign."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from serve_app.settings import AppArgs
 from serve_app.store.blobs import LocalBlobStore
 from serve_app.store.choose import blob_store
-from serve_app.store.s3blobs import S3BlobStore, S3Location
+from serve_app.store.s3blobs import PRESIGN_MAX_S, S3BlobStore, S3Location
 
 KEY = "inputs/upload-1/audio.mp3"
 
@@ -56,3 +57,28 @@ def test_an_endpoint_must_be_an_http_url() -> None:
 def test_credentials_are_not_settings() -> None:
     with pytest.raises(ValidationError, match="secret_access_key"):
         AppArgs.model_validate({"s3": {"secret_access_key": "x"}})
+
+
+def test_presigned_urls_are_off_by_default_and_last_an_hour_when_on() -> None:
+    assert AppArgs().presign_expiry_s() is None
+    args = AppArgs.model_validate({"blob_url": "s3://stems/blobs", "s3": {"presign_urls": True}})
+    assert args.presign_expiry_s() == 3600
+
+
+@pytest.mark.parametrize("expiry_s", [1, PRESIGN_MAX_S])
+def test_a_presign_expiry_from_a_second_to_seven_days_is_taken(expiry_s: int) -> None:
+    s3 = {"presign_urls": True, "presign_expiry_s": expiry_s}
+    args = AppArgs.model_validate({"blob_url": "s3://stems", "s3": s3})
+    assert args.presign_expiry_s() == expiry_s
+
+
+@pytest.mark.parametrize("expiry_s", [0, PRESIGN_MAX_S + 1])
+def test_a_presign_expiry_s3_does_not_sign_is_a_settings_error(expiry_s: int) -> None:
+    s3 = {"presign_urls": True, "presign_expiry_s": expiry_s}
+    with pytest.raises(ValidationError, match=r"s3\.presign_expiry_s"):
+        AppArgs.model_validate({"blob_url": "s3://stems", "s3": s3})
+
+
+def test_presigned_urls_need_an_s3_blob_store() -> None:
+    with pytest.raises(ValidationError, match="presign_urls needs blob_url set to s3://"):
+        AppArgs.model_validate({"s3": {"presign_urls": True}})

@@ -1,8 +1,11 @@
 """Tests of retention on a real SQLite task store and, through the blob store's key interface,
-both a local store and one without local paths (as an object store): old finished tasks lose
-their input and stems and are marked, recent and unfinished ones keep everything, other blobs
-stay, a sweep that stopped part way is finished by the next, and old uploads no task uses are
-removed."""
+a local store, one without local paths, and S3 (moto): old finished tasks lose their input and
+stems and are marked, recent and unfinished ones keep everything, other blobs stay, a sweep
+that stopped part way is finished by the next, and old uploads no task uses are removed.
+
+S3 sets an object's LastModified itself, so checks that need blobs written in the past (an
+old orphan beside a young one) run on the local stores only; on S3 an orphan's age is
+measured from its LastModified instead."""
 
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from serve_app.store.blobs import LocalBlobStore
 from serve_app.store.layout import stem_key, work_folder_name
 from serve_app.store.records import Status, TaskRecord, TaskSpec
 from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
+from serve_app.store.s3blobs import S3BlobStore
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.keysonly import KeysOnlyBlobStore
 
-Blobs = LocalBlobStore | KeysOnlyBlobStore
+Blobs = LocalBlobStore | KeysOnlyBlobStore | S3BlobStore
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
@@ -40,16 +44,25 @@ def store(tmp_path: Path) -> Iterator[TaskStore]:
     opened.close()
 
 
-@pytest.fixture(params=[LocalBlobStore, KeysOnlyBlobStore])
+@pytest.fixture(params=["local", "keys-only", "s3"])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Blobs:
-    store: Blobs = request.param(tmp_path / "blobs")
-    return store
+    if request.param == "s3":
+        s3_store: S3BlobStore = request.getfixturevalue("s3_store")
+        return s3_store
+    if request.param == "keys-only":
+        return KeysOnlyBlobStore(tmp_path / "blobs")
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+LOCAL_ONLY = pytest.mark.parametrize("blobs", ["local", "keys-only"], indirect=True)
 
 
 def put(blobs: Blobs, key: str, *, written: datetime = T0) -> None:
+    """Store a blob, dated `written` on a local store (S3 dates its objects itself)."""
     blobs.put_stream(key, io.BytesIO(key.encode()))
-    stamp = written.timestamp()
-    os.utime(blobs.root / key, (stamp, stamp))
+    if not isinstance(blobs, S3BlobStore):
+        stamp = written.timestamp()
+        os.utime(blobs.root / key, (stamp, stamp))
 
 
 def submit(store: TaskStore, blobs: Blobs, name: str) -> TaskRecord:
@@ -75,7 +88,10 @@ def complete(store: TaskStore, blobs: Blobs, record: TaskRecord, *, finished: da
 
 
 def blob_keys(blobs: Blobs) -> set[str]:
-    """What the store's folder holds, seen on disk rather than through the interface."""
+    """What the store holds, seen in its folder or bucket rather than through the interface."""
+    if isinstance(blobs, S3BlobStore):
+        root = f"{blobs.location.bucket}/{blobs.location.prefix}"
+        return {path.removeprefix(root) for path in blobs.fs.find(root)}
     return {
         path.relative_to(blobs.root).as_posix()
         for path in blobs.root.rglob("*")
@@ -129,7 +145,8 @@ def test_sweep_deletes_old_finished_tasks_files_and_marks_them(
     for name in ("old_done", "old_failed"):
         swept = fresh(store, tasks[name])
         assert (swept.files_expired_at, swept.files_deleted_at) == (LATER, LATER)
-        assert not (blobs.root / "stems" / swept.task_id).exists()  # no empty folder left
+        if not isinstance(blobs, S3BlobStore):
+            assert not (blobs.root / "stems" / swept.task_id).exists()  # no empty folder left
     for name in ("recent", "queued", "processing"):
         kept = fresh(store, tasks[name])
         assert (kept.files_expired_at, kept.files_deleted_at) == (None, None)
@@ -186,33 +203,31 @@ def test_a_small_batch_still_sweeps_every_old_task(
     assert not task_blobs(tasks["old_done"]) & blob_keys(blobs)
 
 
-class WatchedBlobs(LocalBlobStore):
-    """A local store that notes, at each deletion, which tasks the store had marked expired."""
-
-    def __init__(self, root: Path, store: TaskStore) -> None:
-        super().__init__(root)
-        self.store = store
-        self.deletions: list[tuple[str, set[str]]] = []
-
-    def delete_prefix(self, prefix: str) -> int:
-        marked = {record.task_id for record in self.store.files.files_awaiting_deletion()}
-        self.deletions.append((prefix, marked))
-        return super().delete_prefix(prefix)
-
-
 def test_files_go_only_after_their_task_is_marked(
-    store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
+    store: TaskStore,
+    blobs: Blobs,
+    tasks: dict[str, TaskRecord],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    watched = WatchedBlobs(blobs.root, store)
-    assert sweep(store.files, watched, older_than_s=HOUR, now=LATER) == 2
+    # Each deletion notes which tasks the store had marked expired when it came.
+    deletions: list[tuple[str, set[str]]] = []
+    delete = blobs.delete_prefix
+
+    def watched_delete(prefix: str) -> int:
+        marked = {record.task_id for record in store.files.files_awaiting_deletion()}
+        deletions.append((prefix, marked))
+        return delete(prefix)
+
+    monkeypatch.setattr(blobs, "delete_prefix", watched_delete)
+    assert sweep(store.files, blobs, older_than_s=HOUR, now=LATER) == 2
     owners: dict[str, str] = {}
     for name in ("old_done", "old_failed"):
         record = tasks[name]
         assert record.spec.input_key is not None
         owners[record.spec.input_key] = record.task_id
         owners[f"stems/{record.task_id}/"] = record.task_id
-    assert sorted(prefix for prefix, _ in watched.deletions) == sorted(owners)
-    for prefix, marked in watched.deletions:
+    assert sorted(prefix for prefix, _ in deletions) == sorted(owners)
+    for prefix, marked in deletions:
         assert owners[prefix] in marked
 
 
@@ -231,12 +246,14 @@ def test_sweep_refuses_an_empty_batch(store: TaskStore, blobs: Blobs) -> None:
         sweep(store.files, blobs, older_than_s=HOUR, batch=0)
 
 
+@LOCAL_ONLY
 def test_orphan_inputs_old_and_unused_are_deleted(
     store: TaskStore, blobs: Blobs, tasks: dict[str, TaskRecord]
 ) -> None:
     put(blobs, "inputs/orphan/audio.wav", written=at(0))
     put(blobs, "inputs/young-orphan/audio.wav", written=LATER - timedelta(minutes=10))
     before = blob_keys(blobs)
+    assert not isinstance(blobs, S3BlobStore)  # LOCAL_ONLY
 
     assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=LATER) == 1
     assert blob_keys(blobs) == before - {"inputs/orphan/audio.wav"}
@@ -250,14 +267,28 @@ def test_orphan_inputs_old_and_unused_are_deleted(
     assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=later_still) == 1
 
 
+def test_an_orphan_upload_goes_once_older_than_the_age_by_its_store_time(
+    store: TaskStore, blobs: Blobs
+) -> None:
+    put(blobs, "inputs/orphan/audio.wav")
+    used = submit(store, blobs, "used")
+    (orphan,) = blobs.list_prefix("inputs/orphan/")
+    just_young = orphan.modified + timedelta(seconds=HOUR - 1)
+    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=just_young) == 0
+    just_old = orphan.modified + timedelta(seconds=HOUR + 1)
+    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=just_old) == 1
+    assert blob_keys(blobs) == {used.spec.input_key}
+
+
 def test_orphan_sweep_works_in_batches_and_on_an_empty_store(
     store: TaskStore, blobs: Blobs
 ) -> None:
-    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=LATER) == 0
+    later = datetime.now(UTC) + timedelta(hours=2)  # past every blob's date, S3's included
+    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=later) == 0
     for number in range(5):
         put(blobs, f"inputs/orphan-{number}/audio.wav")
     used = submit(store, blobs, "used")
-    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=LATER, batch=2) == 5
+    assert sweep_orphan_inputs(store.files, blobs, older_than_s=HOUR, now=later, batch=2) == 5
     assert blob_keys(blobs) == {used.spec.input_key}
 
 
