@@ -248,6 +248,11 @@ def test_a_store_refuses_a_database_that_is_not_at_head(empty_url: str) -> None:
     with pytest.raises(SchemaOutOfDateError, match="made by an earlier release") as earlier:
         TaskStore(empty_url)
     assert earlier.value.found is None and earlier.value.needed == head()
+    with connected(empty_url) as connection:
+        connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+        connection.execute(sa.text("INSERT INTO alembic_version VALUES ('0000')"))
+    with pytest.raises(SchemaOutOfDateError, match="is at revision 0000; this version needs"):
+        TaskStore(empty_url)
 
 
 def migrate(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
