@@ -35,4 +35,6 @@ RUN pip install --no-cache-dir "$(echo /home/ray/wheels/stemsplit-*.whl)[postgre
 # demucs hub models (`fetch --hub`) go to the Hugging Face cache: under /models too.
 ENV HF_HOME=/models/huggingface
 RUN if [ -n "${MODELS}" ]; then python -m models fetch ${MODELS} --no-progress --model-dir /models; fi
+# The Serve config the migration Job reads its database settings from (k8s/migrate-job.yaml).
+COPY --chown=ray:users configs/cluster.yaml /home/ray/configs/cluster.yaml
 WORKDIR /home/ray

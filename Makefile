@@ -28,10 +28,12 @@ system-packages:
 		{ $(SUDO) apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
 
-# The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml). The
+# The service on 127.0.0.1:8000 with the embedded defaults (configs/local.yaml), its task
+# database first brought to the schema's head (replicas never create tables). The
 # variable makes Serve's HTTP proxy install serve_app/http/proxyguard.py as it starts: header
 # timeout, connection bounds, bounded request bodies (STEMSPLIT_PROXY_* set the limits).
 run: install
+	$(BIN)/python -m serve_app migrate configs/local.yaml
 	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.http.proxyguard:install \
 		$(BIN)/serve run configs/local.yaml
 

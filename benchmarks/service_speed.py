@@ -151,6 +151,10 @@ def running_service(url: str | None, models: Path, root: Path) -> Iterator[str]:
     )
     config_path = root / "service.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    # As `make run` does: the replicas refuse a database that is not at the schema's head.
+    subprocess.run(
+        [sys.executable, "-m", "serve_app", "migrate", str(config_path)], cwd=REPO, check=True
+    )
     log = (root / "service.log").open("wb")
     serve = Path(sys.executable).parent / "serve"
     process = subprocess.Popen(

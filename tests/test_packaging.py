@@ -1,8 +1,8 @@
 """The project as a wheel: built from a copy of its sources, installed into a fresh venv
 outside the repository, and run from a folder outside it, so that whatever the package
-needs at runtime (the default routing, models/stems/models.yaml) ships inside it. Its
-metadata: the Python classifiers say what requires-python allows, and lint and type checks
-target the oldest of those Pythons.
+needs at runtime (the default routing, models/stems/models.yaml; the task database's
+migrations) ships inside it. Its metadata: the Python classifiers say what requires-python
+allows, and lint and type checks target the oldest of those Pythons.
 
 Offline: the wheel is built without build isolation and installed without its
 dependencies, which the fresh venv borrows from this one through a .pth file.
@@ -26,6 +26,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 from models.audio.encode import StemEncoder
+from serve_app.store.migrate import head
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "models", "serve_app")
@@ -69,14 +70,22 @@ def installed_venv(root: Path) -> Path:
     return python
 
 
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh venv holding the project's wheel, built once per module."""
+    return installed_venv(tmp_path_factory.mktemp("wheel"))
+
+
 @pytest.mark.slow
-def test_installed_wheel_separates_with_its_packaged_routing(tmp_path: Path) -> None:
-    python = installed_venv(tmp_path)
+def test_installed_wheel_separates_with_its_packaged_routing(
+    wheel_python: Path, tmp_path: Path
+) -> None:
+    python = wheel_python
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = "from models.stems.routing import DEFAULT_ROUTING_PATH; print(DEFAULT_ROUTING_PATH)"
     location = run(python, "-c", where, cwd=elsewhere)
-    assert Path(location.strip()).is_relative_to(tmp_path / "venv")
+    assert Path(location.strip()).is_relative_to(python.parents[1])
     song = elsewhere / "song.flac"
     samples = np.random.default_rng(0).normal(0, 0.1, size=(2, 44100)).astype(np.float32)
     with StemEncoder(song, "flac", sample_rate=44100, channels=2, layout="stereo") as encoder:
@@ -91,6 +100,18 @@ def test_installed_wheel_separates_with_its_packaged_routing(tmp_path: Path) -> 
         "vocals.wav",
     ]
     assert printed.split() == ["stems/vocals.wav", "stems/drums.wav"]
+
+
+@pytest.mark.slow
+def test_installed_wheel_migrates_a_database_with_its_packaged_revisions(
+    wheel_python: Path, tmp_path: Path
+) -> None:
+    printed = run(wheel_python, "-m", "serve_app", "migrate", cwd=tmp_path)
+    assert printed.strip() == f"task database: no revision -> {head()}"
+    assert (tmp_path / "data" / "tasks.db").is_file()
+    where = "import serve_app.store.migrate as m; print(m.MIGRATIONS)"
+    location = run(wheel_python, "-c", where, cwd=tmp_path)
+    assert Path(location.strip()).is_relative_to(wheel_python.parents[1])
 
 
 def pyproject() -> dict[str, Any]:

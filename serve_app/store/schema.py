@@ -1,8 +1,9 @@
 """The task store's SQL schema and how records map to its rows: the tables (tasks, webhook
 deliveries and their attempts, per-key rate windows), the engine setup that lets several
-processes share a SQLite file, table creation that also adds columns and indexes a database
-made by an older version lacks, and the conversions between rows and `records` dataclasses.
-Portable SQLAlchemy Core: SQLite by default, PostgreSQL in a cluster."""
+processes share a SQLite file, and the conversions between rows and `records` dataclasses.
+Portable SQLAlchemy Core: SQLite by default, PostgreSQL in a cluster. The tables are created
+and changed only by the Alembic revisions in `migrations` (serve_app/store/migrate.py): a
+change here needs a new revision there."""
 
 from __future__ import annotations
 
@@ -29,13 +30,9 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
-    inspect,
     select,
-    text,
 )
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
-from sqlalchemy.exc import DatabaseError
-from sqlalchemy.schema import CreateColumn
 
 from serve_app.store.faults import reconnect_after
 from serve_app.store.records import (
@@ -112,8 +109,8 @@ task_table = Table(
     Column("claims", Integer, nullable=False),
     Column("lease_owner", Text),
     Column("lease_until", UtcDateTime),
-    # Columns from here on were added later: they must stay nullable so that
-    # `create_tables` can add them to a database made before them.
+    # Columns from here on were added later (the baseline revision adds them to a database
+    # made before them).
     # A key sits only on the task created with it, so the task's created_at is the key's age.
     Column("idempotency_key", String(MAX_IDEMPOTENCY_KEY_LENGTH)),
     Column("request_fingerprint", Text),
@@ -199,36 +196,6 @@ def make_engine(url: str, *, busy_timeout_s: float) -> Engine:
     event.listen(engine, "connect", tune)
     event.listen(engine, "handle_error", replace_broken)
     return engine
-
-
-def create_tables(engine: Engine) -> None:
-    """Create missing tables, and add the columns and indexes an older database lacks."""
-    try:
-        _create_and_upgrade(engine)
-    except DatabaseError:
-        # Replicas start together: another process may have created a table or added a
-        # column between our check and our DDL. A second pass sees it; a real problem fails
-        # again.
-        _create_and_upgrade(engine)
-
-
-def _create_and_upgrade(engine: Engine) -> None:
-    metadata.create_all(engine)
-    found = inspect(engine)
-    for table in metadata.sorted_tables:
-        present = {column["name"] for column in found.get_columns(table.name)}
-        missing = [column for column in table.columns if column.name not in present]
-        with engine.begin() as conn:
-            for column in missing:
-                _add_column(conn, table, column)
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
-
-
-def _add_column(conn: Connection, table: Table, column: Column[Any]) -> None:
-    preparer = conn.dialect.identifier_preparer
-    definition = CreateColumn(column).compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {definition}"))
 
 
 def task_row(task_id: str, spec: TaskSpec, now: datetime) -> dict[str, Any]:

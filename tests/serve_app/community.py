@@ -17,7 +17,7 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.settings import PipelineSettings, SeparatorDeployments
-from tests.serve_app.service import KEY_A, Service, poll, samples_of
+from tests.serve_app.service import KEY_A, Service, migrated, poll, samples_of
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMUNITY = ROOT / "configs" / "routing" / "community.yaml"
@@ -55,7 +55,7 @@ def deployed(
             "separators": SeparatorDeployments(ray_actor_options={"num_cpus": 0.1}),
         }
     )
-    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
+    serve._run(build_app(migrated(args)), _blocking=False, name=name, route_prefix=f"/{name}")
     try:
         yield Community(url=f"{service.url}/{name}", routing=routing, model_dir=model_dir)
     finally:

@@ -35,6 +35,7 @@ from tests.serve_app.service import (
     Recorder,
     Service,
     free_port,
+    migrated,
     write_song,
 )
 from tests.serve_app.smalldisk import small_disk
@@ -103,7 +104,7 @@ def service(
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name=APP, route_prefix="/")
+        serve.run(build_app(migrated(args)), name=APP, route_prefix="/")
         yield Service(url=f"http://127.0.0.1:{port}", args=args)
     finally:
         serve.shutdown()

@@ -1,6 +1,7 @@
 """What the service tests share besides fixtures: the session application's keys and
-limits, a client's calls to it (submit, poll byId until final), songs to send, a recording
-HTTP server's state, and the Ray-side helpers that kill replicas and watch the Pipeline."""
+limits, an application's database migrated before it deploys, a client's calls to it
+(submit, poll byId until final), songs to send, a recording HTTP server's state, and the
+Ray-side helpers that kill replicas and watch the Pipeline."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from models.testing.synth import render_music
 from serve_app.http.proxyguard import ProxySettings
 from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
+from serve_app.store.migrate import upgrade
 from tests.waiting import wait_until
 
 KEY_A = "key-a-0123456789abcdef"
@@ -53,6 +55,14 @@ class Service:
     def api(self, path: str) -> str:
         """The full URL of an API path."""
         return f"{self.url}/api/public/v1/{path.lstrip('/')}"
+
+
+def migrated(args: AppArgs) -> AppArgs:
+    """`args`, its task database brought to head first, as `python -m serve_app migrate`
+    does before a deployment: the application's replicas refuse a database behind it."""
+    args.data_path().mkdir(parents=True, exist_ok=True)
+    upgrade(args.db_url())
+    return args
 
 
 def write_song(path: Path, seconds: float, *, seed: int = 0, fmt: str = "wav") -> None:

@@ -38,6 +38,7 @@ from tests.serve_app.service import (
     Service,
     free_port,
     kill_replica,
+    migrated,
     poll,
     samples_of,
     submit,
@@ -193,7 +194,7 @@ def faults_app(
         limits=LimitSettings(max_queued_tasks=2, busy_retry_after_s=7),
         pipeline=PipelineSettings(lease_s=60.0, poll_s=0.5, tasks_per_replica=1),
     )
-    serve.run(build_app(args), name=FAULTS, route_prefix=f"/{FAULTS}")
+    serve.run(build_app(migrated(args)), name=FAULTS, route_prefix=f"/{FAULTS}")
     try:
         yield f"{service.url}/{FAULTS}", args
     finally:
@@ -246,7 +247,7 @@ def test_graceful_shutdown_hands_tasks_back_and_a_restart_finishes_them(
     assert record is not None
     # No task left PROCESSING without a live lease: it is back in the queue.
     assert record.status == Status.IN_QUEUE and record.lease_owner is None
-    serve.run(build_app(args), name=FAULTS, route_prefix=f"/{FAULTS}")
+    serve.run(build_app(migrated(args)), name=FAULTS, route_prefix=f"/{FAULTS}")
     started = time.monotonic()
     conversion = final_status(base, task_id)
     assert conversion["status"] == "COMPLETED"
@@ -305,7 +306,7 @@ def disk_app(
         pipeline=PipelineSettings(lease_s=4.0, poll_s=0.5, tasks_per_replica=1),
     )
     try:
-        serve.run(build_app(args), name=DISK, route_prefix=f"/{DISK}")
+        serve.run(build_app(migrated(args)), name=DISK, route_prefix=f"/{DISK}")
         yield DiskApp(f"{service.url}/{DISK}", args, data, database)
     finally:
         serve.delete(DISK)

@@ -58,6 +58,7 @@ from tests.serve_app.service import (
     SECRET,
     Service,
     free_port,
+    migrated,
     poll,
     webhook_settled,
     write_song,
@@ -206,7 +207,7 @@ def strict(
         webhooks=WebhookSettings(secret=SECRET, delays_s=(0.2,), jitter=0.0, poll_s=0.5),
         pipeline=PipelineSettings(lease_s=3.0, poll_s=0.5),
     )
-    serve.run(build_app(args), name=STRICT, route_prefix=f"/{STRICT}")
+    serve.run(build_app(migrated(args)), name=STRICT, route_prefix=f"/{STRICT}")
     try:
         yield Strict(url=base, args=args)
     finally:

@@ -23,7 +23,7 @@ from models.families.demucs.testmodel import make_test_model
 from serve_app.app import build_app, separator_name
 from serve_app.settings import AppArgs, EngineSettings, PipelineSettings
 from tests.serve_app.hub import LoopbackHub
-from tests.serve_app.service import Service, poll
+from tests.serve_app.service import Service, migrated, poll
 from tests.waiting import wait_until
 
 SEPARATOR = separator_name("htdemucs_6s")
@@ -81,7 +81,7 @@ def app(service: Service, hub: LoopbackHub, tmp_path: Path) -> Iterator[App]:
     )
     hub.reset()
     hub.hold()
-    serve._run(build_app(args), _blocking=False, name=name, route_prefix=f"/{name}")
+    serve._run(build_app(migrated(args)), _blocking=False, name=name, route_prefix=f"/{name}")
     try:
         yield App(url=f"{service.url}/{name}", model_dir=folder)
     finally:

@@ -23,6 +23,7 @@ from serve_app.http.probes import Probes
 from serve_app.settings import ApiKey, AppArgs, AuthSettings, LimitSettings, hash_key
 from serve_app.store.admission import RateLimiter
 from serve_app.store.blobs import LocalBlobStore
+from serve_app.store.migrate import upgrade
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.taskdb import spec
 
@@ -73,6 +74,7 @@ def make_api(tmp_path: Path, routing: Path | None = None, **limits: Any) -> Api:
         auth=AuthSettings(enabled=True, keys=keys),
         limits=LimitSettings(**{"min_free_bytes": 0, **limits}),
     )
+    upgrade(args.db_url())
     store = TaskStore(args.db_url())
     blobs = LocalBlobStore(tmp_path / "blobs")
     state = FakeState()

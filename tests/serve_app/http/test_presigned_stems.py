@@ -21,6 +21,7 @@ from serve_app.http.probes import Probes
 from serve_app.settings import ApiKey, AppArgs, AuthSettings, LimitSettings, hash_key
 from serve_app.store.admission import RateLimiter
 from serve_app.store.choose import blob_store
+from serve_app.store.migrate import upgrade
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.http.test_api import ALICE, KEYS, PREFIX, FakeState
 from tests.serve_app.store.conftest import s3_admin, s3_endpoint, s3_url  # noqa: F401
@@ -45,6 +46,7 @@ def test_by_id_answers_presigned_urls_that_download_the_stem(
             "limits": LimitSettings(min_free_bytes=0),
         }
     )
+    upgrade(args.db_url())
     store = TaskStore(args.db_url())
     blobs = blob_store(args)
     extractions = ExtractionApi(

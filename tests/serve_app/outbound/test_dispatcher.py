@@ -20,6 +20,7 @@ from aiohttp import web
 from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.netguard import OutboundPolicy
 from serve_app.outbound.webhooks import RetrySchedule, new_secret, verify
+from serve_app.store.migrate import upgrade
 from serve_app.store.outbox import WebhookOutbox
 from serve_app.store.records import Attempt, Delivery, DeliveryState, TaskRecord, TaskSpec
 from serve_app.store.tasks import TaskStore
@@ -37,7 +38,9 @@ class Outbox(WebhookOutbox):
     view into the dispatcher's loop."""
 
     def __init__(self, folder: Path) -> None:
-        self.store = TaskStore(f"sqlite:///{folder / 'tasks.db'}")
+        url = f"sqlite:///{folder / 'tasks.db'}"
+        upgrade(url)
+        self.store = TaskStore(url)
         super().__init__(self.store.engine)
         self.polled = threading.Event()
         self._task_of: dict[str, str] = {}

@@ -1,5 +1,5 @@
-"""Fixtures of the store's tests: a task store on a fresh SQLite file, and a local S3 (moto in
-a child process, one per session) with a fresh bucket per test."""
+"""Fixtures of the store's tests: a task store on a fresh SQLite file migrated to head, and a
+local S3 (moto in a child process, one per session) with a fresh bucket per test."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
+from serve_app.store.migrate import upgrade
 from serve_app.store.s3blobs import S3BlobStore
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.s3server import local_s3
@@ -25,7 +26,10 @@ FAKE_AWS_ENVIRONMENT = {
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tasks.db'}"
+    """A task database at the head revision."""
+    database = f"sqlite:///{tmp_path / 'tasks.db'}"
+    upgrade(database)
+    return database
 
 
 @pytest.fixture

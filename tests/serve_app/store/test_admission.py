@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from serve_app.store.admission import RateLimiter, Refusal, Slot
+from serve_app.store.migrate import upgrade
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.taskdb import at
 
 
 def database(tmp_path: Path) -> str:
-    """A task database in a SQLite file, its tables created."""
+    """A task database in a SQLite file, migrated to head."""
     url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    TaskStore(url).close()
+    upgrade(url)
     return url
 
 

@@ -22,6 +22,7 @@ from models.errors import AudioError
 from serve_app.deployments.pipeline import user_message
 from serve_app.http.errors import storage_answer
 from serve_app.store.faults import reconnect_after, space_short, sqlite_code, storage_fault
+from serve_app.store.migrate import upgrade
 from serve_app.store.records import Status
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.smalldisk import SmallDisk, empty_write_ahead_log
@@ -111,7 +112,9 @@ def test_a_full_database_disk_fails_writes_cleanly_and_recovers(
     small_disk: Mount, tmp_path: Path
 ) -> None:
     disk = small_disk(tmp_path / "db", 2 * MiB)
-    store = TaskStore(f"sqlite:///{disk.folder / 'tasks.db'}")
+    url = f"sqlite:///{disk.folder / 'tasks.db'}"
+    upgrade(url)
+    store = TaskStore(url)
     kept = store.tasks.create(spec())
     empty_write_ahead_log(disk.folder / "tasks.db")
     disk.fill()
@@ -134,6 +137,7 @@ def test_a_database_that_could_not_be_written_works_again_once_mended(
 ) -> None:
     disk = small_disk(tmp_path / "db", 2 * MiB)
     path = disk.folder / "tasks.db"
+    upgrade(f"sqlite:///{path}")
     store = TaskStore(f"sqlite:///{path}")
     store.tasks.create(spec())
     # Another process keeps the database open, so its write-ahead log stays.

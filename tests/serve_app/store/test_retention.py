@@ -38,8 +38,8 @@ def at(seconds: float) -> datetime:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[TaskStore]:
-    opened = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+def store(url: str) -> Iterator[TaskStore]:
+    opened = TaskStore(url)
     yield opened
     opened.close()
 
