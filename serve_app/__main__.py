@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from serve_app.settings import AppArgs
+from serve_app.settings import AppArgs, MissingDatabaseUrlError
 from serve_app.store.migrate import current, upgrade
 
 APP_IMPORT_PATH = "serve_app.app:build_app"
@@ -52,7 +52,10 @@ def migrate(config_path: Path | None) -> str:
     """Upgrade the config's database (or the default one) and say from which revision to
     which."""
     args = AppArgs() if config_path is None else app_args(config_path)
-    url = args.db_url()
+    try:
+        url = args.db_url()
+    except MissingDatabaseUrlError as error:
+        raise ConfigError(str(error)) from error
     if make_url(url).get_backend_name() == "sqlite":
         args.data_path().mkdir(parents=True, exist_ok=True)
     before = current(url)

@@ -188,6 +188,10 @@ class S3Settings(Section):
         return url
 
 
+class MissingDatabaseUrlError(ValueError):
+    """The database URL's environment variable is named but holds nothing."""
+
+
 class AppArgs(Section):
     """Everything `build_app` takes; every field has the local default."""
 
@@ -249,10 +253,20 @@ class AppArgs(Section):
 
     def db_url(self) -> str:
         """The database URL: `database_url_env`'s variable, else `database_url`, else a
-        SQLite file in the data folder."""
+        SQLite file in the data folder. A variable that is named but unset or empty with no
+        `database_url` to fall back on is an error: in a cluster, a replica that quietly
+        opened a SQLite file of its own would take tasks no other replica can see."""
         if self.database_url_env and os.environ.get(self.database_url_env):
             return os.environ[self.database_url_env]
-        return self.database_url or f"sqlite:///{self.data_path() / 'tasks.db'}"
+        if self.database_url:
+            return self.database_url
+        if self.database_url_env:
+            raise MissingDatabaseUrlError(
+                f"database_url_env names {self.database_url_env}, which is unset or empty, "
+                "and no database_url is configured: set the variable (in Kubernetes, from "
+                "the Secret) or remove database_url_env to use the local SQLite file"
+            )
+        return f"sqlite:///{self.data_path() / 'tasks.db'}"
 
     def webhook_secret(self) -> str | None:
         """The configured webhook secret, if any."""

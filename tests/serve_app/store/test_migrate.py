@@ -312,3 +312,8 @@ def test_the_cli_exits_2_on_a_bad_config_or_an_unreachable_database(
     assert failed.returncode == 2
     assert "the task database cannot be migrated" in failed.stderr
     assert "no_such_database" in failed.stderr
+    unset = serve_config(tmp_path / "unset.yaml", {"database_url_env": "TASKS_DB_URL"})
+    empty = migrate(unset, {"TASKS_DB_URL": ""})
+    assert empty.returncode == 2
+    assert "TASKS_DB_URL, which is unset or empty" in empty.stderr
+    assert not (tmp_path / "data").exists()
