@@ -120,6 +120,7 @@ def collect_track(
     overlap: float = 0.25,
     shifts: int = 0,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Separate a track into one (sources, channels, frames) tensor; for tests and short
     inputs, where holding the whole output is fine."""
@@ -133,6 +134,7 @@ def collect_track(
         overlap=overlap,
         shifts=shifts,
         seed=seed,
+        device=device,
     )
     return torch.cat(blocks, dim=-1)
 
