@@ -284,6 +284,8 @@ def test_a_task_survives_the_loss_of_the_separator_node(app: TwoNodeApp, tmp_pat
     assert_stems_download(app, poll(app.api("byId"), other_id, timeout_s=120), other)
     assert replica_nodes(cluster, SEPARATOR) == [replacement.node_id]
     assert_nothing_stuck(app.database_url)
+    # Its Pipeline replica, on the head, held the task throughout: no lease ran out.
+    assert claims_of(app.database_url, task_id) == 1
 
 
 def assert_nothing_stuck(database_url: str) -> None:
@@ -302,3 +304,14 @@ def assert_nothing_stuck(database_url: str) -> None:
     assert rows, "the database holds no task"
     stuck = [row for row in rows if row.status not in ("COMPLETED", "FAILED") or row.lease_until]
     assert not stuck, stuck
+
+
+def claims_of(database_url: str, task_id: str) -> int:
+    """How many times a Pipeline replica claimed the task."""
+    store = TaskStore(database_url)
+    try:
+        record = store.tasks.get(task_id)
+    finally:
+        store.close()
+    assert record is not None, task_id
+    return record.claims
