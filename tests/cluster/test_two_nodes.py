@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,9 +48,18 @@ DEPLOY_TIMEOUT_S = 240.0
 pytestmark = pytest.mark.slow
 
 
-def prepare_database(url: str) -> None:
-    """Bring a fresh database to the schema the application expects."""
-    TaskStore(url).close()
+def migrate_as_the_job_does(config_path: Path, environment: dict[str, str]) -> None:
+    """`python -m serve_app migrate CONFIG`, the command of k8s/migrate-job.yaml, with the
+    database URL in the variable the config names."""
+    migrated = subprocess.run(
+        [sys.executable, "-m", "serve_app", "migrate", str(config_path)],
+        env={**os.environ, **environment, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
 
 
 @dataclass
@@ -115,7 +126,6 @@ def app(
     """configs/cluster.yaml deployed on a head node and a Separator node."""
     folder = tmp_path_factory.mktemp("twonode")
     database_url = postgres.new_database()
-    prepare_database(database_url)
     with local_s3() as s3_endpoint:
         s3 = s3fs.S3FileSystem(
             endpoint_url=s3_endpoint,
@@ -148,6 +158,8 @@ def app(
                 s3_endpoint=s3_endpoint,
                 model_dir=model_dir,
             )
+            (folder / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            migrate_as_the_job_does(folder / "serve.yaml", environment)
             serve_deploy(cluster, config, folder / "serve.yaml")
             yield TwoNodeApp(
                 cluster=cluster,
