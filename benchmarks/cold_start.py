@@ -33,6 +33,7 @@ from benchmarks.common import model_folder, write_song
 from benchmarks.service_speed import free_port
 from serve_app.app import build_app
 from serve_app.settings import AppArgs, PipelineSettings, SeparatorDeployments
+from serve_app.store.migrate import upgrade
 
 APP = "stemsplit"
 MODEL = "htdemucs_6s"
@@ -123,11 +124,14 @@ def measure(options: argparse.Namespace, work: Path) -> dict[str, Any]:
         weights = model_folder(work / "models", MODEL, small=not options.full)
     song = write_song(work / "song.wav", options.seconds)
     port = free_port()
+    args = args_for(work / "data", weights, port)
+    args.data_path().mkdir(parents=True, exist_ok=True)
+    upgrade(args.db_url())  # as `make run` does before starting the service
     ray.init(num_cpus=options.cpus, include_dashboard=False, log_to_driver=False)
     watch = ReplicaWatch()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args_for(work / "data", weights, port)), name=APP, route_prefix="/")
+        serve.run(build_app(args), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         replicas_before = separator_replicas()
         watcher = threading.Thread(target=watch.run, daemon=True)
