@@ -35,10 +35,11 @@ class TaskStore:
         self._engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         try:
             check_at_head(self._engine)
+            self.tasks = TaskQueue(self._engine, max_claims=max_claims, key_ttl_s=key_ttl_s)
         except BaseException:
+            # A server keeps its connections open until closed: a failed start closes them.
             self._engine.dispose()
             raise
-        self.tasks = TaskQueue(self._engine, max_claims=max_claims, key_ttl_s=key_ttl_s)
         self.outbox = WebhookOutbox(self._engine)
         self.files = FileLedger(self._engine)
         self.statistics = TaskStatistics(self._engine)
