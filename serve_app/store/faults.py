@@ -44,6 +44,8 @@ PG_READ_ONLY_TRANSACTION = "25006"
 PG_CONNECTION_EXCEPTION = "08"
 PG_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, starting up
 PG_BUSY = frozenset({"55P03", "40P01"})  # lock_not_available (lock_timeout), deadlock
+# The server's words (in its default English) for refusing a connection with 53300.
+_NO_CONNECTION_SLOTS = ("too many connections", "remaining connection slots are reserved")
 
 
 def storage_fault(error: BaseException) -> str | None:
@@ -83,7 +85,7 @@ def _postgres_fault(error: DBAPIError) -> str | None:
     state = postgres_state(error.orig)
     if state == PG_DISK_FULL:
         return "the task database's disk is full"
-    if state == PG_TOO_MANY_CONNECTIONS:
+    if state == PG_TOO_MANY_CONNECTIONS or _refused_for_connections(error, state):
         return "the task database has too many connections"
     if state is not None and state.startswith(PG_INSUFFICIENT_RESOURCES):
         return "the task database is out of resources"
@@ -127,6 +129,12 @@ def postgres_state(error: BaseException | None) -> str | None:
     """The SQLSTATE of a psycopg error, or None (another driver's, or the driver's own)."""
     state = getattr(error, "sqlstate", None) if is_postgres_error(error) else None
     return state if isinstance(state, str) else None
+
+
+def _refused_for_connections(error: DBAPIError, state: str | None) -> bool:
+    # libpq keeps no SQLSTATE for a connection the server refused, only its message.
+    message = str(error.orig)
+    return state is None and any(words in message for words in _NO_CONNECTION_SLOTS)
 
 
 def _server_gone(state: str | None) -> bool:
