@@ -7,7 +7,6 @@ mended, on the same store."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -20,12 +19,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from starlette.requests import Request
+from starlette.testclient import TestClient
 
-from serve_app.http.errors import storage_answer
+from serve_app.http.errors import install
 from serve_app.store.faults import postgres_state, reconnect_after, storage_fault
 from serve_app.store.migrate import upgrade
 from serve_app.store.records import Status
@@ -65,10 +65,18 @@ def with_session_settings(url: str, **settings: str) -> str:
 
 
 def answer_body(failure: Exception) -> tuple[int, str]:
-    """The status and error of the API's answer when a route raises `failure`."""
-    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
-    answer = storage_answer(request, failure, retry_after_s=30)
-    return answer.status_code, json.loads(bytes(answer.body)).get("error", "")
+    """The status and error of the API's answer when a POST route raises `failure`,
+    through the exception handlers every ingress installs."""
+    api = FastAPI()
+    install(api, retry_after_s=30)
+
+    @api.post("/Extraction")
+    def fail() -> None:
+        raise failure
+
+    with TestClient(api, raise_server_exceptions=False) as client:
+        answer = client.post("/Extraction")
+    return answer.status_code, str(answer.json().get("error", ""))
 
 
 def assert_fault(failure: DBAPIError, state: str | None, sentence: str) -> None:
