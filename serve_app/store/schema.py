@@ -181,8 +181,8 @@ def make_engine(
     """An engine for `url`, whose connections are replaced when a failure leaves them
     unusable (`reconnect_after`). SQLite files are put in WAL mode so that processes share
     them. A server database gets at most `pool_size` connections kept open plus as many
-    more at peak, each checked before use (the server may have closed it meanwhile) and
-    given up after `connect_timeout_s` when the server does not answer."""
+    more at peak, each checked before use (the server may have closed it meanwhile); a try
+    to connect gives up after `connect_timeout_s` when the server does not answer."""
     if pool_size < 1:
         raise ValueError(f"pool_size must be at least 1, got {pool_size}")
     if not connect_timeout_s > 0:
