@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -145,6 +145,7 @@ def install(api: FastAPI, *, retry_after_s: int) -> None:
     refusals: tuple[type[Exception], ...] = (FormError, *STATUS)
     for kind in refusals:
         api.add_exception_handler(kind, refused)
-    for kind in (OSError, OperationalError):
+    # Any driver error: PostgreSQL reports a read-only database as an InternalError.
+    for kind in (OSError, DBAPIError):
         api.add_exception_handler(kind, storage_failed)
     api.add_exception_handler(Exception, failed)

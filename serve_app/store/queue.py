@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
     case,
     func,
@@ -53,6 +54,9 @@ Payload = Callable[[TaskRecord], str]
 # Candidates read per look: more than one, so that a claim that loses a race moves straight
 # on to the next task instead of looking again.
 _CLAIM_BATCH = 8
+# The status message of a task given up, around its number of claims.
+_GAVE_UP_AFTER = "gave up after "
+_ATTEMPTS = " attempts: the task stopped its worker each time"
 
 
 class IdempotencyKeyError(ValueError):
@@ -183,6 +187,8 @@ class TaskQueue:
         """
         _check_lease(lease_s)
         moment = utc_moment(now)
+        if self._engine.dialect.name == "postgresql":
+            return self._claim_skipping_locked(worker, lease_s, moment, payload)
         while candidates := self._claim_candidates(moment):
             for key, claims in candidates:
                 if claims >= self._max_claims:
@@ -307,15 +313,42 @@ class TaskQueue:
         with self._engine.connect() as conn:
             return [(key, claims) for key, claims in conn.execute(query).all()]
 
+    def _claim_skipping_locked(
+        self, worker: str, lease_s: float, now: datetime, payload: Payload | None
+    ) -> TaskRecord | None:
+        """`claim` on PostgreSQL: each statement picks its tasks with FOR UPDATE SKIP LOCKED,
+        so a claimer passes over the rows another transaction holds instead of waiting for
+        it, and picking and writing are one statement, so no other claimer comes between."""
+        exhausted = task_table.c.claims >= self._max_claims
+        with self._engine.begin() as conn:
+            while True:
+                doomed = conn.execute(
+                    update(task_table)
+                    .where(task_table.c.id.in_(_oldest_unlocked(now, exhausted, _CLAIM_BATCH)))
+                    .values(
+                        status=Status.FAILED.value,
+                        status_msg=func.concat(_GAVE_UP_AFTER, task_table.c.claims, _ATTEMPTS),
+                        **_final_values(now),
+                    )
+                    .returning(*task_table.c)
+                ).all()
+                for row in doomed:
+                    record = to_record(row)
+                    if record.spec.webhook_url is not None and payload is not None:
+                        enqueue_delivery(conn, record, payload(record), now)
+                if len(doomed) < _CLAIM_BATCH:
+                    break
+            oldest = _oldest_unlocked(now, ~exhausted, 1).scalar_subquery()
+            taken = conn.execute(
+                update(task_table)
+                .where(task_table.c.id == oldest, _claimable(now))
+                .values(_take_values(worker, lease_s, now))
+                .returning(*task_table.c)
+            ).one_or_none()
+            return None if taken is None else to_record(taken)
+
     def _take(self, key: int, worker: str, lease_s: float, now: datetime) -> TaskRecord | None:
-        values = {
-            "status": Status.PROCESSING.value,
-            "lease_owner": worker,
-            "lease_until": now + timedelta(seconds=lease_s),
-            "claims": task_table.c.claims + 1,
-            "started_at": func.coalesce(task_table.c.started_at, literal(now, UtcDateTime())),
-            "updated_at": now,
-        }
+        values = _take_values(worker, lease_s, now)
         with self._engine.begin() as conn:
             taken = conn.execute(
                 update(task_table).where(task_table.c.id == key, _claimable(now)).values(values)
@@ -326,7 +359,7 @@ class TaskQueue:
             return read_task(conn, task_table.c.id == key)
 
     def _give_up(self, key: int, claims: int, now: datetime, payload: Payload | None) -> None:
-        message = f"gave up after {claims} attempts: the task stopped its worker each time"
+        message = f"{_GAVE_UP_AFTER}{claims}{_ATTEMPTS}"
         values = {"status": Status.FAILED.value, "status_msg": message, **_final_values(now)}
         guard = and_(_claimable(now), task_table.c.claims >= self._max_claims)
         self._finish(task_table.c.id == key, guard, values, now, payload)
@@ -362,6 +395,29 @@ def _check_lease(lease_s: float) -> None:
 def _claimable(now: datetime) -> ColumnElement[bool]:
     expired = and_(task_table.c.status == Status.PROCESSING.value, task_table.c.lease_until < now)
     return or_(task_table.c.status == Status.IN_QUEUE.value, expired)
+
+
+def _oldest_unlocked(now: datetime, which: ColumnElement[bool], limit: int) -> Select[Any]:
+    """The ids of the oldest claimable tasks matching `which` that no other transaction has
+    locked, locked for this one."""
+    return (
+        select(task_table.c.id)
+        .where(_claimable(now), which)
+        .order_by(task_table.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _take_values(worker: str, lease_s: float, now: datetime) -> dict[str, Any]:
+    return {
+        "status": Status.PROCESSING.value,
+        "lease_owner": worker,
+        "lease_until": now + timedelta(seconds=lease_s),
+        "claims": task_table.c.claims + 1,
+        "started_at": func.coalesce(task_table.c.started_at, literal(now, UtcDateTime())),
+        "updated_at": now,
+    }
 
 
 def _held_by(worker: str) -> ColumnElement[bool]:

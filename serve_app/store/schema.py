@@ -1,15 +1,16 @@
 """The task store's SQL schema and how records map to its rows: the tables (tasks, webhook
 deliveries and their attempts, per-key rate windows), the engine setup that lets several
-processes share a SQLite file, and the conversions between rows and `records` dataclasses.
-Portable SQLAlchemy Core: SQLite by default, PostgreSQL in a cluster. The tables are created
-and changed only by the Alembic revisions in `migrations` (serve_app/store/migrate.py): a
-change here needs a new revision there."""
+processes share a SQLite file and bounds a server's connection pool, and the conversions
+between rows and `records` dataclasses. Portable SQLAlchemy Core: SQLite by default,
+PostgreSQL in a cluster. The tables are created and changed only by the Alembic revisions in
+`migrations` (serve_app/store/migrate.py): a change here needs a new revision there."""
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -170,12 +171,45 @@ rate_window_table = Table(
 )
 
 
-def make_engine(url: str, *, busy_timeout_s: float) -> Engine:
-    """An engine for `url`. SQLite files are put in WAL mode so that processes share them,
-    and a SQLite connection that failed in a way that leaves it read-only is replaced."""
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
+def make_engine(
+    url: str,
+    *,
+    busy_timeout_s: float,
+    pool_size: int = 5,
+    connect_timeout_s: float = 10.0,
+) -> Engine:
+    """An engine for `url`, whose connections are replaced when a failure leaves them
+    unusable (`reconnect_after`). SQLite files are put in WAL mode so that processes share
+    them. A server database gets at most `pool_size` connections kept open plus as many
+    more at peak, each checked before use (the server may have closed it meanwhile); a try
+    to connect gives up after `connect_timeout_s` when the server does not answer."""
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+    if not connect_timeout_s > 0:
+        raise ValueError(f"connect_timeout_s must be a positive number, got {connect_timeout_s}")
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_tuning(busy_timeout_s))
+    else:
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            # libpq counts whole seconds.
+            connect_args={"connect_timeout": max(1, math.ceil(connect_timeout_s))},
+        )
+
+    def replace_broken(context: ExceptionContext) -> None:
+        # Treated as a lost connection, the pool discards it and opens a new one.
+        if reconnect_after(context.original_exception):
+            context.is_disconnect = True
+
+    event.listen(engine, "handle_error", replace_broken)
+    return engine
+
+
+def _sqlite_tuning(busy_timeout_s: float) -> Callable[[Any, Any], None]:
     timeout_ms = round(busy_timeout_s * 1000)
 
     def tune(dbapi_connection: Any, _record: Any) -> None:
@@ -188,14 +222,7 @@ def make_engine(url: str, *, busy_timeout_s: float) -> Engine:
         finally:
             cursor.close()
 
-    def replace_broken(context: ExceptionContext) -> None:
-        # Treated as a lost connection, the pool discards it and opens a new one.
-        if reconnect_after(context.original_exception):
-            context.is_disconnect = True
-
-    event.listen(engine, "connect", tune)
-    event.listen(engine, "handle_error", replace_broken)
-    return engine
+    return tune
 
 
 def task_row(task_id: str, spec: TaskSpec, now: datetime) -> dict[str, Any]:

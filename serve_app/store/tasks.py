@@ -31,14 +31,22 @@ class TaskStore:
         max_claims: int = 3,
         busy_timeout_s: float = 30.0,
         key_ttl_s: float = 86400.0,
+        pool_size: int = 5,
+        connect_timeout_s: float = 10.0,
     ) -> None:
-        self._engine = make_engine(url, busy_timeout_s=busy_timeout_s)
+        self._engine = make_engine(
+            url,
+            busy_timeout_s=busy_timeout_s,
+            pool_size=pool_size,
+            connect_timeout_s=connect_timeout_s,
+        )
         try:
             check_at_head(self._engine)
+            self.tasks = TaskQueue(self._engine, max_claims=max_claims, key_ttl_s=key_ttl_s)
         except BaseException:
+            # A server keeps its connections open until closed: a failed start closes them.
             self._engine.dispose()
             raise
-        self.tasks = TaskQueue(self._engine, max_claims=max_claims, key_ttl_s=key_ttl_s)
         self.outbox = WebhookOutbox(self._engine)
         self.files = FileLedger(self._engine)
         self.statistics = TaskStatistics(self._engine)

@@ -1,4 +1,5 @@
-"""Fixtures of the store's tests: a task store on a fresh SQLite file migrated to head, and a
+"""Fixtures of the store's tests: a task store on a fresh database migrated to head, once a
+SQLite file and once a database of the session's PostgreSQL server (tests/pgserver.py), and a
 local S3 (moto in a child process, one per session) with a fresh bucket per test."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import s3fs
 from serve_app.store.migrate import upgrade
 from serve_app.store.s3blobs import S3BlobStore
 from serve_app.store.tasks import TaskStore
+from tests.pgserver import PostgresServer
 from tests.serve_app.store.s3server import local_s3
 
 FAKE_AWS_ENVIRONMENT = {
@@ -25,9 +27,21 @@ FAKE_AWS_ENVIRONMENT = {
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    """A task database at the head revision."""
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite file at the head revision, for the tests about SQLite itself."""
     database = f"sqlite:///{tmp_path / 'tasks.db'}"
+    upgrade(database)
+    return database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh task database at the head revision: a SQLite file, then a PostgreSQL one."""
+    if request.param == "sqlite":
+        database = f"sqlite:///{tmp_path / 'tasks.db'}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        database = server.new_database()
     upgrade(database)
     return database
 

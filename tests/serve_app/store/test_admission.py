@@ -1,34 +1,25 @@
-"""Tests of serve_app.store.admission: per-key rate windows in a real SQLite file, taken from
-threads and from separate processes at once."""
+"""Tests of serve_app.store.admission: per-key rate windows in a real task database (SQLite
+and PostgreSQL), taken from threads and from separate processes at once."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from serve_app.store.admission import RateLimiter, Refusal, Slot
-from serve_app.store.migrate import upgrade
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.taskdb import at
 
 
-def database(tmp_path: Path) -> str:
-    """A task database in a SQLite file, migrated to head."""
-    url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    upgrade(url)
-    return url
+def limiter(store: TaskStore, per_window: int) -> RateLimiter:
+    return RateLimiter(store.engine, per_window=per_window, window_s=60)
 
 
-def limiter(url: str, per_window: int) -> RateLimiter:
-    return RateLimiter(TaskStore(url).engine, per_window=per_window, window_s=60)
-
-
-def test_a_key_gets_its_limit_then_a_refusal_until_the_oldest_leaves(tmp_path: Path) -> None:
-    limits = limiter(database(tmp_path), 3)
+def test_a_key_gets_its_limit_then_a_refusal_until_the_oldest_leaves(store: TaskStore) -> None:
+    limits = limiter(store, 3)
     slots = [limits.take("alice", now=at(seconds)) for seconds in (0, 10, 20)]
     assert all(isinstance(slot, Slot) for slot in slots)
     refused = limits.take("alice", now=at(25))
@@ -39,8 +30,8 @@ def test_a_key_gets_its_limit_then_a_refusal_until_the_oldest_leaves(tmp_path: P
     assert isinstance(limits.take("alice", now=at(61)), Refusal)
 
 
-def test_a_released_slot_is_free_again_and_release_is_idempotent(tmp_path: Path) -> None:
-    limits = limiter(database(tmp_path), 2)
+def test_a_released_slot_is_free_again_and_release_is_idempotent(store: TaskStore) -> None:
+    limits = limiter(store, 2)
     first = limits.take("alice", now=at(0))
     second = limits.take("alice", now=at(1))
     assert isinstance(first, Slot) and isinstance(second, Slot)
@@ -60,8 +51,8 @@ def test_limits_are_checked() -> None:
         RateLimiter(engine, per_window=1, window_s=0)
 
 
-def test_concurrent_threads_never_pass_the_limit(tmp_path: Path) -> None:
-    limits = limiter(database(tmp_path), 5)
+def test_concurrent_threads_never_pass_the_limit(store: TaskStore) -> None:
+    limits = limiter(store, 5)
     start = threading.Barrier(20)
     outcomes: list[Slot | Refusal] = []
     lock = threading.Lock()
@@ -83,15 +74,20 @@ def test_concurrent_threads_never_pass_the_limit(tmp_path: Path) -> None:
 
 def take_in_process(url: str, owner: str, tries: int, start: Any, results: Any) -> None:
     """A separate process with its own engine, as another replica would be."""
-    limits = limiter(url, 7)
-    start.wait()
-    results.put(sum(isinstance(limits.take(owner), Slot) for _ in range(tries)))
+    store = TaskStore(url)
+    try:
+        limits = limiter(store, 7)
+        start.wait()
+        results.put(sum(isinstance(limits.take(owner), Slot) for _ in range(tries)))
+    finally:
+        store.close()
 
 
-def test_concurrent_processes_never_pass_the_limit_even_for_a_new_key(tmp_path: Path) -> None:
+def test_concurrent_processes_never_pass_the_limit_even_for_a_new_key(
+    store: TaskStore, url: str
+) -> None:
     """Four processes race for the key's first slots, so they also race to create its
     row: exactly the limit is admitted."""
-    url = database(tmp_path)
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(4)
     results = context.Queue()

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import psycopg
 import pytest
 from ray.exceptions import RayTaskError
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -80,6 +81,32 @@ def test_other_failures_are_not_storage_faults(failure: Exception) -> None:
     assert storage_fault(failure) is None
     assert user_message(failure) is None
     assert answer_of(failure).status_code == 500
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "fault"),
+    [
+        (psycopg.errors.DiskFull("x"), "the task database's disk is full"),
+        (psycopg.errors.OutOfMemory("x"), "the task database is out of resources"),
+        (psycopg.errors.TooManyConnections("x"), "the task database has too many connections"),
+        (psycopg.errors.ReadOnlySqlTransaction("x"), "the task database cannot be written"),
+        (psycopg.errors.AdminShutdown("x"), "the task database is unavailable"),
+        (psycopg.errors.CrashShutdown("x"), "the task database is unavailable"),
+        (psycopg.errors.CannotConnectNow("x"), "the task database is unavailable"),
+        (psycopg.errors.ConnectionFailure("x"), "the task database is unavailable"),
+        (psycopg.OperationalError("connection refused"), "the task database is unavailable"),
+        (psycopg.errors.LockNotAvailable("x"), "the task database is busy"),
+        (psycopg.errors.UndefinedTable("x"), None),
+        (psycopg.errors.UniqueViolation("x"), None),
+        (psycopg.ProgrammingError("wrong number of parameters"), None),
+    ],
+)
+def test_postgres_errors_are_told_apart_by_sqlstate(
+    driver_error: psycopg.Error, fault: str | None
+) -> None:
+    """The words for each SQLSTATE; the real server's faults are in test_postgres.py."""
+    failure = DBAPIError.instance("INSERT", {}, driver_error, psycopg.Error)
+    assert storage_fault(failure) == fault
 
 
 def answer_of(failure: Exception) -> Response:

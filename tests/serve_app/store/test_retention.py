@@ -1,7 +1,8 @@
-"""Tests of retention on a real SQLite task store and, through the blob store's key interface,
-a local store, one without local paths, and S3 (moto): old finished tasks lose their input and
-stems and are marked, recent and unfinished ones keep everything, other blobs stay, a sweep
-that stopped part way is finished by the next, and old uploads no task uses are removed.
+"""Tests of retention on a real task store (SQLite and PostgreSQL) and, through the blob
+store's key interface, a local store, one without local paths, and S3 (moto): old finished
+tasks lose their input and stems and are marked, recent and unfinished ones keep everything,
+other blobs stay, a sweep that stopped part way is finished by the next, and old uploads no
+task uses are removed.
 
 S3 sets an object's LastModified itself, so checks that need blobs written in the past (an
 old orphan beside a young one) run on the local stores only; on S3 an orphan's age is
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,13 +35,6 @@ OTHER_BLOBS = ("reports/daily.csv", "stems-archive/readme.txt", "inputs/loose.mp
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[TaskStore]:
-    opened = TaskStore(url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(params=["local", "keys-only", "s3"])

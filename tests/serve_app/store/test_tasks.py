@@ -1,12 +1,15 @@
-"""Tests of the task store as a whole on a real SQLite file: its parts share one database that
-another process's store sees, in WAL mode with the indexes its queries need (a database made
-before the newer columns is upgraded by the migrations: test_migrate.py)."""
+"""Tests of the task store as a whole on a real database (SQLite and PostgreSQL): its parts
+share one database that another store sees, with the indexes its queries need, and a SQLite
+file is in WAL mode (a database made before the newer columns is upgraded by the migrations:
+test_migrate.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+
+from sqlalchemy import inspect
 
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.store.taskdb import spec
@@ -26,27 +29,20 @@ def test_get_and_get_by_conversion_find_the_task_from_another_store(
         other.close()
 
 
-def test_sqlite_file_is_in_wal_mode_with_claim_and_outbox_indexes(
-    store: TaskStore, tmp_path: Path
-) -> None:
+def test_sqlite_file_is_in_wal_mode(sqlite_url: str, tmp_path: Path) -> None:
+    TaskStore(sqlite_url).close()
     with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        indexes = {
-            (table, name)
-            for table, name in conn.execute("SELECT tbl_name, name FROM sqlite_master")
-        }
-    assert ("tasks", "ix_tasks_claim") in indexes
-    assert ("webhook_deliveries", "ix_webhook_deliveries_due") in indexes
 
 
-def test_idempotency_and_retention_queries_have_indexes(store: TaskStore, tmp_path: Path) -> None:
-    with closing(sqlite3.connect(tmp_path / "tasks.db")) as conn:
-        unique = {
-            name: bool(flag) for _, name, flag, *_ in conn.execute("PRAGMA index_list(tasks)")
-        }
-        columns = {
-            name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")] for name in unique
-        }
+def test_claim_outbox_idempotency_and_retention_queries_have_indexes(store: TaskStore) -> None:
+    found = inspect(store.engine)
+    delivery_indexes = {index["name"] for index in found.get_indexes("webhook_deliveries")}
+    assert "ix_webhook_deliveries_due" in delivery_indexes
+    indexes = found.get_indexes("tasks")
+    unique = {index["name"]: bool(index["unique"]) for index in indexes}
+    columns = {index["name"]: index["column_names"] for index in indexes}
+    assert columns["ix_tasks_claim"] == ["status", "lease_until"]
     assert columns["ux_tasks_idempotency_key"] == ["owner", "idempotency_key"]
     assert unique["ux_tasks_idempotency_key"]
     assert columns["ix_tasks_files_expiry"] == ["files_expired_at", "finished_at"]
