@@ -29,9 +29,8 @@ from serve_app.store.schema import task_table
 from serve_app.store.tasks import TaskStore
 from tests.cluster.raycluster import RayCluster, RayNode, ray_cluster, ray_program
 from tests.pgserver import PostgresServer
+from tests.s3server import FAKE_AWS_ENVIRONMENT, local_s3
 from tests.serve_app.service import KEY_A, SECRET, free_port, poll, samples_of, write_song
-from tests.serve_app.store.conftest import FAKE_AWS_ENVIRONMENT
-from tests.serve_app.store.s3server import local_s3
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,6 @@ from serve_app.store.choose import blob_store
 from serve_app.store.migrate import upgrade
 from serve_app.store.tasks import TaskStore
 from tests.serve_app.http.test_api import ALICE, KEYS, PREFIX, FakeState
-from tests.serve_app.store.conftest import s3_admin, s3_endpoint, s3_url  # noqa: F401
 from tests.serve_app.store.taskdb import spec
 
 EXPIRY_S = 120
@@ -33,8 +32,8 @@ STEM = b"fLaC stem from the bucket"
 
 def test_by_id_answers_presigned_urls_that_download_the_stem(
     tmp_path: Path,
-    s3_url: str,  # noqa: F811
-    s3_endpoint: str,  # noqa: F811
+    s3_url: str,
+    s3_endpoint: str,
 ) -> None:
     keys = tuple(ApiKey(name=name, sha256=hash_key(key)) for name, key in KEYS.items())
     args = AppArgs.model_validate(

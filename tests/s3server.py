@@ -1,4 +1,4 @@
-"""A local S3 for the blob store's tests: moto's server on loopback, in a child process so
+"""A local S3 for the tests: moto's server on loopback, in a child process so
 that its copies of objects never count against the memory of the process under test. Run
 as a module it serves until its standard input closes, after printing its port."""
 
@@ -13,6 +13,15 @@ from contextlib import contextmanager
 from moto.server import ThreadedMotoServer
 
 HOST = "127.0.0.1"
+
+# Credentials moto accepts, and no AWS profile or config file of the machine's user.
+FAKE_AWS_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+}
 
 
 @contextmanager
