@@ -107,6 +107,16 @@ def test_upgrade_strategy_is_one_kuberay_knows() -> None:
     assert rayservice()["spec"]["upgradeStrategy"]["type"] in UPGRADE_TYPES
 
 
+def test_ray_token_auth_is_on_with_the_token_kuberay_makes() -> None:
+    """Ray 2.60 asks for a token by default; KubeRay must then hold it too, or it cannot
+    submit the Serve config. No container sets the mode or token itself."""
+    assert cluster_spec()["authOptions"] == {"mode": "token"}
+    for name, group in groups().items():
+        for container in group["template"]["spec"]["containers"]:
+            variables = {variable["name"] for variable in container.get("env", [])}
+            assert not variables & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, name
+
+
 def test_head_takes_no_work_and_every_group_writes_its_start_params() -> None:
     every = groups()
     assert every["head"]["rayStartParams"] == {"num-cpus": "0"}
