@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -30,13 +29,45 @@ class PostgresMissingError(RuntimeError):
     """The PostgreSQL server binaries are not installed (`make test` installs them)."""
 
 
-@dataclass(frozen=True)
 class PostgresServer:
-    """A running server: its port, its folder and how to run its programs."""
+    """A running server: its port, its folder and how to run its programs; `stop` and
+    `start` take it down and bring it back on the same port with the same data."""
 
-    port: int
-    folder: Path
-    bin_dir: Path
+    def __init__(self, port: int, folder: Path, bin_dir: Path, as_root: bool) -> None:
+        self.port = port
+        self.folder = folder
+        self.bin_dir = bin_dir
+        self._as_root = as_root
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        if self._process is not None:
+            raise RuntimeError("the server is already running")
+        log = self.folder / "server.log"
+        self._process = _start(
+            self.bin_dir, self.folder / "data", self.folder, self.port, log, self._as_root
+        )
+        _wait_ready(self.bin_dir, self.port, self._process, log)
+
+    def stop(self) -> None:
+        """Stop the server at once, dropping every connection: `pg_ctl stop -m fast`, which
+        returns once the server is down (as root the server is runuser's child, which a
+        signal to runuser would not reach)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        pg_ctl = [str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.folder / "data")]
+        stopped = subprocess.run(
+            _as_server_user([*pg_ctl, "-m", "fast", "-t", "30"], self._as_root),
+            capture_output=True,
+            check=False,
+        )
+        try:
+            process.wait(timeout=15 if stopped.returncode == 0 else 1)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL (psycopg 3) of `database` on this server."""
@@ -113,7 +144,6 @@ def local_postgres() -> Iterator[PostgresServer]:
     as_root = os.geteuid() == 0
     if as_root:
         shutil.chown(folder, user=SERVER_USER)
-    log = folder / "server.log"
     _run_as_server_user(
         [
             str(bin_dir / "initdb"),
@@ -127,18 +157,12 @@ def local_postgres() -> Iterator[PostgresServer]:
         ],
         as_root,
     )
-    port = _free_port()
-    server = _start(bin_dir, data, folder, port, log, as_root)
+    server = PostgresServer(_free_port(), folder, bin_dir, as_root)
     try:
-        _wait_ready(bin_dir, port, server, log)
-        yield PostgresServer(port=port, folder=folder, bin_dir=bin_dir)
+        server.start()
+        yield server
     finally:
-        server.terminate()  # SIGTERM: a smart shutdown; the cluster is thrown away anyway
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

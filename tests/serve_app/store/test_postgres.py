@@ -2,7 +2,8 @@
 (tests/pgserver.py): eight concurrent claimers take 500 tasks exactly once each and never wait
 on a row another transaction holds (FOR UPDATE SKIP LOCKED), and the server's storage faults
 (a full tablespace, a read-only database, a role out of connections, a backend terminated
-mid-call, a server that does not answer) are worded like SQLite's, answered 503, and pass once
+mid-call, a server that does not answer, a server stopped and started again) are worded like
+SQLite's, answered 503, and pass once
 mended, on the same store."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from serve_app.store.migrate import upgrade
 from serve_app.store.records import Status
 from serve_app.store.schema import task_table
 from serve_app.store.tasks import TaskStore
-from tests.pgserver import HOST, SERVER_USER, PostgresServer
+from tests.pgserver import HOST, SERVER_USER, PostgresServer, local_postgres
 from tests.serve_app.smalldisk import SmallDisk
 from tests.serve_app.store.taskdb import spec
 from tests.waiting import wait_until
@@ -293,3 +294,37 @@ def test_a_backend_terminated_mid_call_is_unavailable_and_the_next_call_works(
         assert store.statistics.counts()[Status.IN_QUEUE] == 2
     finally:
         store.close()
+
+
+def test_a_server_stopped_mid_task_and_restarted_loses_nothing() -> None:
+    """A server of its own, stopped (a fast shutdown) while a worker holds a task: the
+    worker's next write fails as unavailable, answered 503; once the server is back the
+    same store goes on, and the task and its progress are all there."""
+    with local_postgres() as server:
+        url = server.new_database()
+        upgrade(url)
+        store = TaskStore(url)
+        try:
+            task = store.tasks.create(spec())
+            held = store.tasks.claim("worker-1", 60)
+            assert held is not None and held.task_id == task.task_id
+            assert store.tasks.set_progress(task.task_id, "worker-1", 0.25)
+            server.stop()
+            with pytest.raises(DBAPIError) as stopped:
+                store.tasks.set_progress(task.task_id, "worker-1", 0.5)
+            assert_fault(stopped.value, None, "the task database is unavailable")
+            server.start()
+            assert store.tasks.set_progress(task.task_id, "worker-1", 0.5)
+            done = store.tasks.complete(
+                task.task_id,
+                "worker-1",
+                {"vocals": "stems/vocals.wav"},
+                duration_s=12.5,
+                conversion_cost=1.0,
+            )
+            assert done is not None and done.status == Status.COMPLETED
+            record = store.tasks.get(task.task_id)
+            assert record is not None and record.status == Status.COMPLETED
+            assert record.results == {"vocals": "stems/vocals.wav"} and record.claims == 1
+        finally:
+            store.close()
