@@ -3,8 +3,7 @@
 on a row another transaction holds (FOR UPDATE SKIP LOCKED), and the server's storage faults
 (a full tablespace, a read-only database, a role out of connections, a backend terminated
 mid-call, a server that does not answer, a server stopped and started again) are worded like
-SQLite's, answered 503, and pass once
-mended, on the same store."""
+SQLite's, answered 503, and pass once mended, on the same store."""
 
 from __future__ import annotations
 
