@@ -192,6 +192,16 @@ class MissingDatabaseUrlError(ValueError):
     """The database URL's environment variable is named but holds nothing."""
 
 
+class DatabaseSettings(Section):
+    """Each process's connections to a server database (PostgreSQL; SQLite has none):
+    `pool_size` kept open plus as many more at peak, so a process holds at most twice it.
+    Every replica of every deployment has its own pool: keep the sum under the server's
+    `max_connections` (see the README's Running at scale)."""
+
+    pool_size: int = Field(5, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)  # per try; libpq counts whole seconds
+
+
 class AppArgs(Section):
     """Everything `build_app` takes; every field has the local default."""
 
@@ -205,6 +215,7 @@ class AppArgs(Section):
     # An environment variable holding the database URL (a Kubernetes secret: the URL
     # carries the password); set and non-empty, it wins over `database_url`.
     database_url_env: str | None = None
+    database: DatabaseSettings = DatabaseSettings()
     routing: str = str(DEFAULT_ROUTING_PATH)
     model_dir: str | None = None
     use_hub: bool = True

@@ -25,10 +25,9 @@ from serve_app.deployments import metrics
 from serve_app.outbound.dispatcher import WebhookDispatcher
 from serve_app.outbound.webhooks import new_secret
 from serve_app.settings import AppArgs
-from serve_app.store.choose import blob_store
+from serve_app.store.choose import blob_store, task_store, webhook_outbox
 from serve_app.store.faults import log_loop_failure
 from serve_app.store.retention import sweep, sweep_orphan_inputs, sweep_work_folders
-from serve_app.store.tasks import TaskStore, webhook_outbox
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,7 +39,7 @@ def webhook_dispatcher(args: AppArgs, app_name: str) -> Any:
     return actor.options(
         name=f"{app_name}-webhooks", get_if_exists=True, lifetime="detached"
     ).remote(
-        functools.partial(webhook_outbox, args.db_url()),
+        functools.partial(webhook_outbox, args),
         webhook_secret(args),
         args.webhooks,
         poll_s=args.webhooks.poll_s,
@@ -78,7 +77,7 @@ class Housekeeping:
     def __init__(self, args: AppArgs) -> None:
         self.retention = args.retention
         self.poll_s = args.pipeline.poll_s
-        self.store = TaskStore(args.db_url())
+        self.store = task_store(args)
         self.blobs = blob_store(args)
         self.work_dir = args.data_path() / "work"
         self.dispatcher = webhook_dispatcher(args, serve.get_replica_context().app_name)

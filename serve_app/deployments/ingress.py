@@ -28,8 +28,7 @@ from serve_app.http.probes import Probes
 from serve_app.settings import AppArgs
 from serve_app.store.admission import RateLimiter
 from serve_app.store.blobs import BlobStore
-from serve_app.store.choose import blob_store
-from serve_app.store.tasks import TaskStore
+from serve_app.store.choose import blob_store, task_store
 
 READY_TRUSTED_S = 30.0
 
@@ -56,7 +55,7 @@ class Ingress:
         self.separators = separators
         self.ready_at: dict[str, float] = {}  # when each model was last seen ready
         self.routing = routing
-        self.store = TaskStore(args.db_url(), max_claims=args.pipeline.max_claims)
+        self.store = task_store(args)
         self.limiter = RateLimiter(self.store.engine, args.limits.conversions_per_minute)
         self.blobs: BlobStore = blob_store(args)
         self.auth = Authenticator(args.auth.all_keys(), enabled=args.auth.enabled)

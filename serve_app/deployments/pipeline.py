@@ -54,12 +54,11 @@ from serve_app.http.wire import StemLinks, conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
 from serve_app.settings import AppArgs
 from serve_app.store.blobs import BlobStore, local_file
-from serve_app.store.choose import blob_store
+from serve_app.store.choose import blob_store, task_store
 from serve_app.store.faults import log_loop_failure, space_short, storage_fault
 from serve_app.store.layout import stem_key, work_folder_name
 from serve_app.store.queue import TaskQueue
 from serve_app.store.records import Status, TaskRecord
-from serve_app.store.tasks import TaskStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -164,7 +163,7 @@ class Pipeline:
         self.preprocessor = preprocessor
         self.housekeeping = housekeeping
         self.routing = routing
-        self.store = TaskStore(args.db_url(), max_claims=self.settings.max_claims)
+        self.store = task_store(args)
         self.blobs: BlobStore = blob_store(args)
         self.links = StemLinks(args.public_url, self.blobs, args.presign_expiry_s())
         self.work_dir = args.data_path() / "work"

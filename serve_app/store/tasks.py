@@ -59,8 +59,3 @@ class TaskStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._engine.dispose()
-
-
-def webhook_outbox(url: str) -> WebhookOutbox:
-    """The outbox of the task database at `url`: the webhook dispatcher's store."""
-    return TaskStore(url).outbox

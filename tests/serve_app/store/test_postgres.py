@@ -20,12 +20,15 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.testclient import TestClient
 
 from serve_app.http.errors import install
+from serve_app.settings import AppArgs
+from serve_app.store.choose import task_store
 from serve_app.store.faults import postgres_state, reconnect_after, storage_fault
 from serve_app.store.migrate import upgrade
 from serve_app.store.records import Status
@@ -327,3 +330,17 @@ def test_a_server_stopped_mid_task_and_restarted_loses_nothing() -> None:
             assert record.results == {"vocals": "stems/vocals.wav"} and record.claims == 1
         finally:
             store.close()
+
+
+def test_the_settings_size_the_pool_of_every_store_a_deployment_opens(pg_url: str) -> None:
+    args = AppArgs.model_validate(
+        {"database_url": pg_url, "database": {"pool_size": 2, "connect_timeout_s": 3}}
+    )
+    store = task_store(args)
+    try:
+        assert store.engine.pool.size() == 2  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    for bad in ({"pool_size": 0}, {"connect_timeout_s": 0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            AppArgs.model_validate({"database": bad})
