@@ -10,7 +10,6 @@ the Ray instance the rest of the suite runs in the pytest process."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -29,8 +28,16 @@ from serve_app.store.schema import task_table
 from serve_app.store.tasks import TaskStore
 from tests.cluster.raycluster import RayCluster, RayNode, ray_cluster, ray_program
 from tests.pgserver import PostgresServer
-from tests.s3server import FAKE_AWS_ENVIRONMENT, local_s3
-from tests.serve_app.service import KEY_A, SECRET, free_port, poll, samples_of, write_song
+from tests.s3server import FAKE_AWS_ENVIRONMENT
+from tests.serve_app.service import (
+    KEY_A,
+    SECRET,
+    free_port,
+    poll,
+    post_musicgpt_sample,
+    samples_of,
+    write_song,
+)
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,55 +127,50 @@ def cpu_overrides(
 
 @pytest.fixture(scope="module")
 def app(
-    postgres: PostgresServer, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    postgres: PostgresServer,
+    model_dir: Path,
+    s3_endpoint: str,
+    s3_admin: s3fs.S3FileSystem,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TwoNodeApp]:
     """configs/cluster.yaml deployed on a head node and a Separator node."""
     folder = tmp_path_factory.mktemp("twonode")
     database_url = postgres.new_database()
-    with local_s3() as s3_endpoint:
-        s3 = s3fs.S3FileSystem(
-            endpoint_url=s3_endpoint,
-            key=FAKE_AWS_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
-            secret=FAKE_AWS_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
-            client_kwargs={"region_name": FAKE_AWS_ENVIRONMENT["AWS_DEFAULT_REGION"]},
-            skip_instance_cache=True,
-            use_listings_cache=False,
+    bucket = f"blobs-{uuid.uuid4().hex[:16]}"
+    s3_admin.call_s3("create_bucket", Bucket=bucket)
+    environment = {
+        **FAKE_AWS_ENVIRONMENT,
+        "STEMSPLIT_DATABASE_URL": database_url,
+        "STEMSPLIT_API_KEYS": f"tester:{KEY_A}",
+        "STEMSPLIT_WEBHOOK_SECRET": SECRET,
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.http.proxyguard:install",
+    }
+    with ray_cluster(folder / "ray", environment, resources={HEAD_RESOURCE: 1}) as cluster:
+        separator_node = cluster.add_node(
+            "separator", num_cpus=2, resources={SEPARATOR_RESOURCE: 1}
         )
-        bucket = f"blobs-{uuid.uuid4().hex[:16]}"
-        s3.call_s3("create_bucket", Bucket=bucket)
-        environment = {
-            **FAKE_AWS_ENVIRONMENT,
-            "STEMSPLIT_DATABASE_URL": database_url,
-            "STEMSPLIT_API_KEYS": f"tester:{KEY_A}",
-            "STEMSPLIT_WEBHOOK_SECRET": SECRET,
-            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.http.proxyguard:install",
-        }
-        with ray_cluster(folder / "ray", environment, resources={HEAD_RESOURCE: 1}) as cluster:
-            separator_node = cluster.add_node(
-                "separator", num_cpus=2, resources={SEPARATOR_RESOURCE: 1}
-            )
-            port = free_port()
-            data_dir = folder / "data"
-            config = cpu_overrides(
-                yaml.safe_load(CLUSTER_CONFIG.read_text()),
-                port=port,
-                data_dir=data_dir,
-                blob_url=f"s3://{bucket}/blobs",
-                s3_endpoint=s3_endpoint,
-                model_dir=model_dir,
-            )
-            (folder / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            migrate_as_the_job_does(folder / "serve.yaml", environment)
-            serve_deploy(cluster, config, folder / "serve.yaml")
-            yield TwoNodeApp(
-                cluster=cluster,
-                separator_node=separator_node,
-                url=f"http://127.0.0.1:{port}",
-                data_dir=data_dir,
-                database_url=database_url,
-                bucket=bucket,
-                s3=s3,
-            )
+        port = free_port()
+        data_dir = folder / "data"
+        config = cpu_overrides(
+            yaml.safe_load(CLUSTER_CONFIG.read_text()),
+            port=port,
+            data_dir=data_dir,
+            blob_url=f"s3://{bucket}/blobs",
+            s3_endpoint=s3_endpoint,
+            model_dir=model_dir,
+        )
+        (folder / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        migrate_as_the_job_does(folder / "serve.yaml", environment)
+        serve_deploy(cluster, config, folder / "serve.yaml")
+        yield TwoNodeApp(
+            cluster=cluster,
+            separator_node=separator_node,
+            url=f"http://127.0.0.1:{port}",
+            data_dir=data_dir,
+            database_url=database_url,
+            bucket=bucket,
+            s3=s3_admin,
+        )
 
 
 def serve_deploy(cluster: RayCluster, config: dict[str, Any], path: Path) -> None:
@@ -220,19 +222,7 @@ def replica_nodes(cluster: RayCluster, name: str) -> list[str]:
 
 def submit_sample(app: TwoNodeApp, song: Path) -> str:
     """MusicGPT's sample request with an uploaded file; the task's id."""
-    with song.open("rb") as audio:
-        answer = requests.post(
-            app.api("Extraction"),
-            headers={"Authorization": KEY_A},
-            data={
-                "audio_url": "",
-                "stems": json.dumps(["vocals", "instrumental", "drums"]),
-                "preprocessing_options": json.dumps(["Denoise"]),
-                "webhook_url": "",
-            },
-            files={"audio_file": audio},
-            timeout=60,
-        )
+    answer = post_musicgpt_sample(app.api("Extraction"), song)
     assert answer.status_code == 200, answer.text
     task_id: str = answer.json()["task_id"]
     return task_id

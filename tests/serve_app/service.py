@@ -5,6 +5,7 @@ Ray-side helpers that kill replicas and watch the Pipeline."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -194,3 +195,21 @@ def _wait_pipeline(app: str, done: Callable[[set[str]], bool], failure: str) -> 
 def samples_of(data: bytes) -> npt.NDArray[np.float32]:
     """Decode audio bytes to (channels, frames) float32."""
     return decode(data).samples
+
+
+def post_musicgpt_sample(extraction_url: str, song: Path) -> requests.Response:
+    """MusicGPT's own Python sample request (an uploaded file, three stems, Denoise, no
+    webhook), unchanged but for the base URL and the key."""
+    with song.open("rb") as audio:
+        return requests.post(
+            extraction_url,
+            headers={"Authorization": KEY_A},
+            data={
+                "audio_url": "",
+                "stems": json.dumps(["vocals", "instrumental", "drums"]),
+                "preprocessing_options": json.dumps(["Denoise"]),
+                "webhook_url": "",
+            },
+            files={"audio_file": audio},
+            timeout=60,
+        )

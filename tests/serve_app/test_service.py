@@ -29,6 +29,7 @@ from tests.serve_app.service import (
     Recorder,
     Service,
     poll,
+    post_musicgpt_sample,
     samples_of,
     submit,
     wait_final,
@@ -54,19 +55,7 @@ def download_all(
 
 def test_musicgpt_sample_upload_with_denoise(service: Service, song: Path) -> None:
     """MusicGPT's own Python sample, unchanged but for the base URL."""
-    with song.open("rb") as audio:
-        answer = requests.post(
-            service.api("Extraction"),
-            headers={"Authorization": KEY_A},
-            data={
-                "audio_url": "",
-                "stems": json.dumps(["vocals", "instrumental", "drums"]),
-                "preprocessing_options": json.dumps(["Denoise"]),
-                "webhook_url": "",
-            },
-            files={"audio_file": audio},
-            timeout=60,
-        )
+    answer = post_musicgpt_sample(service.api("Extraction"), song)
     assert answer.status_code == 200, answer.text
     created = answer.json()
     assert created["success"] is True
