@@ -94,11 +94,17 @@ def cpu_overrides(
     s3_endpoint: str,
     model_dir: Path,
 ) -> dict[str, Any]:
-    """configs/cluster.yaml as this machine can run it: the CPU, loopback addresses, the
-    test's stores and models, short leases, and the Separator pinned to the second node.
+    """configs/cluster.yaml as this machine can run it: the CPU, loopback addresses, one
+    HTTP proxy, the test's stores and models, short leases, and the Separator pinned to the
+    second node.
     Everything else stays as the file has it."""
     config = copy.deepcopy(config)
     config["http_options"]["port"] = port
+    # Both nodes share this machine's address, so a proxy on every node would share the
+    # port (SO_REUSEPORT) and the kernel would hand connections to the Separator node's
+    # proxy, which dies with it. In a cluster each node has its own address and the load
+    # balancer drops a dead one.
+    config["proxy_location"] = "HeadOnly"
     (app,) = config["applications"]
     args = app["args"]
     args.update(
