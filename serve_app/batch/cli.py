@@ -1,0 +1,129 @@
+"""The batch command line:
+
+    python -m serve_app.batch songs/ stems/ --stems vocals,drums --format flac --workers 1:4
+
+INPUT is a local folder (every regular file in it, recursively) or a manifest file (one
+local path a line); OUTPUT is a local folder. Tracks already done there (their done marker
+written) are skipped; failed ones are retried. Errors the user can fix (a missing input, an
+unknown stem) end with a one-line message on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+
+from models.audio.decode import DecodeLimits
+from models.audio.encode import FORMATS
+from models.errors import SeparationError
+from models.preprocess.catalogue import STEPS
+from models.run import EngineOptions
+from models.stems.catalogue import ALL_STEMS
+from models.stems.routing import DEFAULT_ROUTING_PATH
+from serve_app.batch.job import Workers, run_batch
+from serve_app.batch.outputs import LocalOutput
+from serve_app.batch.results import TrackResult
+from serve_app.batch.worker import SeparationSpec
+from serve_app.settings import AppArgs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with every option documented for --help."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.batch",
+        description="Separate every track of a folder or manifest into stems on Ray, "
+        "resumably: OUTPUT/<track id>/<stem>.<format> and OUTPUT/results.jsonl.",
+    )
+    parser.add_argument("input", help="a local folder or a manifest file (one path a line)")
+    parser.add_argument("output", type=Path, help="the local output folder")
+    parser.add_argument(
+        "--stems",
+        default="",
+        help=f"comma-separated stems (default: the routing's default); "
+        f"known: {', '.join(ALL_STEMS)}",
+    )
+    parser.add_argument(
+        "--preprocess",
+        default="",
+        help=f"comma-separated steps to apply first, run in the order {', '.join(STEPS)}",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="wav", help="(default: wav)")
+    parser.add_argument(
+        "--routing",
+        type=Path,
+        default=DEFAULT_ROUTING_PATH,
+        help="model routing file (default: the one shipped in models/stems/models.yaml)",
+    )
+    parser.add_argument("--model-dir", type=Path, help="local folder with model weights")
+    parser.add_argument(
+        "--no-hub", action="store_true", help="never download weights from the Hugging Face hub"
+    )
+    parser.add_argument(
+        "--workers",
+        type=Workers.parse,
+        default=Workers(),
+        metavar="MIN:MAX",
+        help="separating actors, autoscaled between MIN and MAX, starting at MIN (default: 1:2)",
+    )
+    parser.add_argument(
+        "--limit", type=int, help="separate at most this many of the tracks not yet done"
+    )
+    parser.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=AppArgs().decode.max_duration_s,
+        help="tracks longer than this many seconds fail (default: the service's, %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        if args.limit is not None and args.limit < 0:
+            raise ValueError("--limit must be at least 0")
+        spec = SeparationSpec(
+            stems=_names(args.stems) or None,
+            fmt=args.format,
+            preprocessing=_names(args.preprocess),
+            routing=args.routing,
+            model_dir=args.model_dir,
+            use_hub=not args.no_hub,
+            limits=DecodeLimits(max_duration_s=args.max_duration_s),
+            options=EngineOptions(device="auto"),
+        )
+        spec.job()  # refuse an unknown stem, step or format before Ray starts
+        output = LocalOutput(args.output)
+        # "local" starts a Ray of this process's own rather than joining the latest one
+        # started on this machine; RAY_ADDRESS, when set, names the cluster to join.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+        try:
+            summary = run_batch(
+                args.input, output, spec, workers=args.workers, limit=args.limit, on_row=_log
+            )
+        finally:
+            ray.shutdown()
+    except (SeparationError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
+
+
+def _log(row: TrackResult) -> None:
+    """One log line per track as its row arrives."""
+    reason = f": {row.reason}" if row.reason else ""
+    logging.info("%s %s (%s)%s", row.status, row.track_id, row.input, reason)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated option, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
