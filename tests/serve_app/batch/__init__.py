@@ -1,0 +1,1 @@
+"""Tests of the batch jobs (serve_app/batch)."""
