@@ -15,17 +15,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 
-from models.audio.decode import DecodeLimits
 from models.audio.encode import FORMATS
 from models.errors import SeparationError
 from models.preprocess.catalogue import STEPS
 from models.run import EngineOptions
 from models.stems.catalogue import ALL_STEMS
 from models.stems.routing import DEFAULT_ROUTING_PATH
+from serve_app.batch.inputs import list_inputs
 from serve_app.batch.job import Workers, run_batch
 from serve_app.batch.outputs import LocalOutput
 from serve_app.batch.results import TrackResult
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration-s",
         type=float,
         default=AppArgs().decode.max_duration_s,
-        help="tracks longer than this many seconds fail (default: the service's, %(default)s)",
+        help="tracks longer than this many seconds fail (default: the service's, %(default)s); "
+        "the other decode limits are the service's",
     )
     return parser
 
@@ -86,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         if args.limit is not None and args.limit < 0:
             raise ValueError("--limit must be at least 0")
@@ -97,17 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             routing=args.routing,
             model_dir=args.model_dir,
             use_hub=not args.no_hub,
-            limits=DecodeLimits(max_duration_s=args.max_duration_s),
+            limits=replace(AppArgs().decode, max_duration_s=args.max_duration_s),
             options=EngineOptions(device="auto"),
         )
         spec.job()  # refuse an unknown stem, step or format before Ray starts
         output = LocalOutput(args.output)
+        tracks = list_inputs(args.input, exclude=output.root)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         # "local" starts a Ray of this process's own rather than joining the latest one
         # started on this machine; RAY_ADDRESS, when set, names the cluster to join.
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         try:
             summary = run_batch(
-                args.input, output, spec, workers=args.workers, limit=args.limit, on_row=_log
+                tracks, output, spec, workers=args.workers, limit=args.limit, on_row=_log
             )
         finally:
             ray.shutdown()

@@ -11,14 +11,13 @@ autoscaler is asked for more.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 import ray.data
 
-from serve_app.batch.inputs import InputTrack, list_inputs
+from serve_app.batch.inputs import InputTrack
 from serve_app.batch.outputs import LocalOutput
 from serve_app.batch.results import SKIPPED, Summary, TrackResult
 from serve_app.batch.worker import SeparationSpec, TrackSeparator
@@ -49,7 +48,7 @@ class Workers:
 
 
 def run_batch(
-    source: str | Path,
+    tracks: Sequence[InputTrack],
     output: LocalOutput,
     spec: SeparationSpec,
     *,
@@ -57,10 +56,9 @@ def run_batch(
     limit: int | None = None,
     on_row: Callable[[TrackResult], None] | None = None,
 ) -> Summary:
-    """Separate every track of `source` not yet done in `output` (at most `limit` of them),
+    """Separate every one of `tracks` not yet done in `output` (at most `limit` of them),
     on the Ray cluster this process is connected to; return the run's summary."""
     started = time.monotonic()
-    tracks = list_inputs(source, exclude=output.root)
     done = output.done()
     todo = [track for track in tracks if track.track_id not in done]
     if limit is not None:
@@ -90,6 +88,7 @@ def run_batch(
                 )
         for row in _separate(todo, output, spec, workers):
             record(row)
+    output.tidy()
     return Summary.of(rows, time.monotonic() - started)
 
 

@@ -9,6 +9,7 @@ name, and a track killed mid-way is simply redone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -53,6 +54,11 @@ class LocalOutput:
     def discard(self, staging: Path) -> None:
         """Remove a staging folder and whatever is left in it."""
         shutil.rmtree(staging, ignore_errors=True)
+
+    def tidy(self) -> None:
+        """Remove the staging folder if no track is being written into it."""
+        with contextlib.suppress(OSError):
+            (self.root / STAGING).rmdir()
 
     def results_path(self) -> Path:
         """results.jsonl, this run's rows."""

@@ -16,7 +16,7 @@ import pytest
 from models.audio.decode import decode
 from models.cli import main as models_main
 from serve_app.batch.inputs import track_id
-from serve_app.batch.outputs import DONE_MARKER, RESULTS
+from serve_app.batch.outputs import DONE_MARKER, RESULTS, STAGING
 from serve_app.batch.results import DONE, FAILED, SKIPPED, TrackResult
 from tests.serve_app.service import write_song
 
@@ -114,6 +114,7 @@ def test_batch_separates_resumes_and_retries_only_failures(
     assert by_status(third, SKIPPED) == ids
     assert by_status(third, FAILED) == bad  # failed tracks are retried, and fail again
     assert markers(output) == after_second
+    assert not (output / STAGING).exists()
 
     for number in range(SONGS):
         song = songs / f"song-{number:02}.wav"

@@ -1,0 +1,51 @@
+"""The batch command's options and the errors it refuses before starting Ray (so these
+run in the test process, which never starts a Ray of the command's own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve_app.batch.cli import build_parser, main
+from serve_app.batch.job import Workers
+from serve_app.settings import AppArgs
+
+
+def test_defaults_are_the_services_limits_and_a_small_pool() -> None:
+    args = build_parser().parse_args(["in", "out"])
+    assert args.max_duration_s == AppArgs().decode.max_duration_s
+    assert args.workers == Workers(1, 2)
+    assert args.limit is None
+    assert args.format == "wav"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--stems", "vox"], "unknown stem 'vox'"),
+        (["--preprocess", "Polish"], "Polish"),
+        (["--limit", "-1"], "--limit must be at least 0"),
+    ],
+)
+def test_bad_options_end_with_one_line_and_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main([str(tmp_path), str(tmp_path / "out"), *extra]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_input_ends_with_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    assert "input not found" in capsys.readouterr().err
+
+
+def test_bad_workers_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["in", "out", "--workers", "3:1"])
+    assert exited.value.code == 2
+    assert "--workers" in capsys.readouterr().err
