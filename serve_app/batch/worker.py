@@ -20,7 +20,7 @@ from models.audio.decode import DecodeLimits
 from models.engine.devices import resolve_device
 from models.preprocess.steps import preprocess
 from models.run import EngineOptions, LocalModels, ModelStore, TrackJob
-from models.stems.routing import DEFAULT_ROUTING_PATH, load_routing
+from models.stems.routing import DEFAULT_ROUTING_PATH, Routing, load_routing
 from serve_app.batch.outputs import LocalOutput
 from serve_app.batch.results import DONE, FAILED, TrackResult
 
@@ -42,11 +42,11 @@ class SeparationSpec:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     options: EngineOptions = field(default_factory=lambda: EngineOptions(device="auto"))
 
-    def job(self) -> TrackJob:
-        """The planned job; refuses an unknown stem, step or format."""
-        return TrackJob.of(
-            self.stems, load_routing(self.routing), fmt=self.fmt, preprocessing=self.preprocessing
-        )
+    def job(self, routing: Routing | None = None) -> TrackJob:
+        """The planned job on `routing` (default: the spec's file, read now); refuses an
+        unknown stem, step or format."""
+        routing = load_routing(self.routing) if routing is None else routing
+        return TrackJob.of(self.stems, routing, fmt=self.fmt, preprocessing=self.preprocessing)
 
 
 class TrackSeparator:
@@ -58,9 +58,7 @@ class TrackSeparator:
         store = ModelStore(
             load_routing(spec.routing), model_dir=spec.model_dir, use_hub=spec.use_hub
         )
-        self.job = TrackJob.of(
-            spec.stems, store.routing, fmt=spec.fmt, preprocessing=spec.preprocessing
-        )
+        self.job = spec.job(store.routing)
         device = resolve_device(spec.options.device)
         self.models = LocalModels(store, device, spec.options.precision)
         self.clean = functools.partial(preprocess, device=device.type)
