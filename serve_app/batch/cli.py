@@ -73,6 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="separating actors, autoscaled between MIN and MAX, starting at MIN (default: 1:2)",
     )
     parser.add_argument(
+        "--tracks-per-worker",
+        type=int,
+        default=Workers().tracks,
+        help="tracks each actor separates at once, their segments batched together "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=Workers().gpus,
+        help="GPUs each actor asks Ray for; 0 runs on the CPU, a fraction shares a GPU "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=EngineOptions().batch_size,
+        help="segments each track hands the model at a time; a forward pass holds up to "
+        "this many of every track an actor holds (default: %(default)s)",
+    )
+    parser.add_argument(
         "--limit", type=int, help="separate at most this many of the tracks not yet done"
     )
     parser.add_argument(
@@ -91,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 0:
             raise ValueError("--limit must be at least 0")
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+        workers = replace(args.workers, tracks=args.tracks_per_worker, gpus=args.gpus_per_worker)
         spec = SeparationSpec(
             stems=_names(args.stems) or None,
             fmt=args.format,
@@ -99,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir=args.model_dir,
             use_hub=not args.no_hub,
             limits=replace(AppArgs().decode, max_duration_s=args.max_duration_s),
-            options=EngineOptions(device="auto"),
+            options=EngineOptions(device="auto", batch_size=args.batch_size),
         )
         spec.job()  # refuse an unknown stem, step or format before Ray starts
         output = LocalOutput(args.output)
@@ -110,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         try:
             summary = run_batch(
-                tracks, output, spec, workers=args.workers, limit=args.limit, on_row=_log
+                tracks, output, spec, workers=workers, limit=args.limit, on_row=_log
             )
         finally:
             ray.shutdown()

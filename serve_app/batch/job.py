@@ -5,7 +5,9 @@ Only the tracks' paths and ids travel through the dataset; decoding, separation 
 encoding happen inside the actors (a song's float stems are far too big for the object
 store). The pool autoscales between `Workers.min_size` and `max_size` and starts at
 `min_size` actors (`initial_size`), so a GPU pool has its first actors before Ray's
-autoscaler is asked for more.
+autoscaler is asked for more (Ray's GPU actor pools may otherwise not scale up from zero
+on an autoscaling cluster). Each actor separates `Workers.tracks` tracks at once and asks
+for `Workers.gpus` GPUs.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ from serve_app.batch.worker import SeparationSpec, TrackSeparator
 
 @dataclass(frozen=True)
 class Workers:
-    """The actor pool's bounds."""
+    """The actor pool: its bounds, the tracks each actor separates at once, and the GPUs
+    each actor asks Ray for (0: it runs on the CPU; a fraction shares a GPU)."""
 
     min_size: int = 1
     max_size: int = 2
+    tracks: int = 2
+    gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        """Refuse an empty or inverted pool."""
+        """Refuse an empty or inverted pool, no tracks, negative GPUs."""
         if not 1 <= self.min_size <= self.max_size:
             raise ValueError(
                 f"workers must be 1 <= MIN <= MAX, got {self.min_size}:{self.max_size}"
             )
+        if self.tracks < 1:
+            raise ValueError(f"tracks per worker must be at least 1, got {self.tracks}")
+        if self.gpus < 0:
+            raise ValueError(f"GPUs per worker must not be negative, got {self.gpus:g}")
 
     @classmethod
     def parse(cls, text: str) -> Workers:
@@ -103,12 +112,18 @@ def _separate(
         override_num_blocks=len(tracks),
     ).map_batches(
         TrackSeparator,
-        fn_constructor_args=(spec, str(output.root)),
+        fn_constructor_args=(spec, str(output.root), workers.tracks),
         batch_size=1,
+        num_gpus=workers.gpus or None,
         compute=ray.data.ActorPoolStrategy(
             min_size=workers.min_size,
             max_size=workers.max_size,
             initial_size=workers.min_size,
+            # Each actor runs `tracks` calls at once on threads and is sent no more, so
+            # a track waits in the pool's queue, not behind a busy actor.
+            max_concurrent_calls_per_actor=workers.tracks,
+            max_tasks_in_flight_per_actor=workers.tracks,
+            enable_true_multi_threading=True,
         ),
     )
     for row in dataset.iter_rows():

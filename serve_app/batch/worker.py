@@ -2,6 +2,11 @@
 routed models once and run every track they are handed through `TrackJob`, the same job
 path as `python -m models separate`, writing the stems straight to the output folder.
 
+An actor runs up to `tracks` calls at once on threads (Ray Data's
+`max_concurrent_calls_per_actor`), one track each; their segments meet in one
+`WindowGatherer`, so a forward pass holds windows of every track the actor holds, as the
+service's Separator batches across tasks, while the other threads decode and encode.
+
 A track that cannot be separated (not audio, too long, anything that raises) becomes a
 `failed` row with its reason, never an exception that would abort the dataset.
 """
@@ -18,6 +23,8 @@ import numpy as np
 
 from models.audio.decode import DecodeLimits
 from models.engine.devices import resolve_device
+from models.engine.gather import gathered
+from models.engine.threads import available_cores
 from models.preprocess.steps import preprocess
 from models.run import EngineOptions, LocalModels, ModelStore, TrackJob
 from models.stems.routing import DEFAULT_ROUTING_PATH, Routing, load_routing
@@ -50,9 +57,10 @@ class SeparationSpec:
 
 
 class TrackSeparator:
-    """Separates the tracks of each batch into `output`; one instance per Ray actor."""
+    """Separates the tracks of each batch into `output`; one instance per Ray actor, called
+    from up to `tracks` threads at once."""
 
-    def __init__(self, spec: SeparationSpec, output: str) -> None:
+    def __init__(self, spec: SeparationSpec, output: str, tracks: int = 1) -> None:
         self.spec = spec
         self.output = LocalOutput(output)
         store = ModelStore(
@@ -60,17 +68,24 @@ class TrackSeparator:
         )
         self.job = spec.job(store.routing)
         device = resolve_device(spec.options.device)
-        self.models = LocalModels(store, device, spec.options.precision)
+        # Ray sets OMP_NUM_THREADS to the actor's CPU share; the forward pass may use
+        # every core the actor's process may run on, as the Separator's does.
+        self.models = gathered(
+            LocalModels(store, device, spec.options.precision),
+            max_windows=spec.options.batch_size * tracks,
+            threads=available_cores() if device.type == "cpu" else None,
+        )
         self.clean = functools.partial(preprocess, device=device.type)
         for name in self.job.models:
             store.get(name)  # load now, once per actor, not inside the first track
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Separate each (source, track_id) of the batch; one JSON result row each."""
-        rows = [
-            self.separate(str(source), str(track_id))
-            for source, track_id in zip(batch["source"], batch["track_id"], strict=True)
-        ]
+        with self.models.gatherer.member():
+            rows = [
+                self.separate(str(source), str(track_id))
+                for source, track_id in zip(batch["source"], batch["track_id"], strict=True)
+            ]
         return {"row": np.array([row.to_json() for row in rows], dtype=object)}
 
     def separate(self, source: str, track_id: str) -> TrackResult:

@@ -16,6 +16,7 @@ def test_defaults_are_the_services_limits_and_a_small_pool() -> None:
     args = build_parser().parse_args(["in", "out"])
     assert args.max_duration_s == AppArgs().decode.max_duration_s
     assert args.workers == Workers(1, 2)
+    assert (args.tracks_per_worker, args.gpus_per_worker, args.batch_size) == (2, 0.0, 1)
     assert args.limit is None
     assert args.format == "wav"
 
@@ -26,6 +27,9 @@ def test_defaults_are_the_services_limits_and_a_small_pool() -> None:
         (["--stems", "vox"], "unknown stem 'vox'"),
         (["--preprocess", "Polish"], "Polish"),
         (["--limit", "-1"], "--limit must be at least 0"),
+        (["--tracks-per-worker", "0"], "tracks per worker must be at least 1, got 0"),
+        (["--gpus-per-worker", "-0.5"], "GPUs per worker must not be negative, got -0.5"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_bad_options_end_with_one_line_and_status_1(
