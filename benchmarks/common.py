@@ -13,9 +13,12 @@ from models.families.demucs.testmodel import make_test_model
 RATE = 44100
 
 
-def write_song(path: Path, seconds: float, *, rate: int = RATE, block_s: float = 10.0) -> Path:
-    """Write a stereo 16-bit WAV of chords, clicks and noise, block by block."""
-    generator = np.random.default_rng(0)
+def write_song(
+    path: Path, seconds: float, *, rate: int = RATE, block_s: float = 10.0, seed: int = 0
+) -> Path:
+    """Write a stereo 16-bit WAV of chords, clicks and noise (`seed` draws the noise),
+    block by block."""
+    generator = np.random.default_rng(seed)
     frames = int(seconds * rate)
     block = int(block_s * rate)
     with StemEncoder(path, "wav", sample_rate=rate, channels=2, layout="stereo") as encoder:
