@@ -24,6 +24,7 @@ from jsonschema import Draft4Validator
 
 CRDS = Path(__file__).resolve().parent / "crds"
 RAYSERVICE_CRD = CRDS / "ray.io_rayservices.yaml"
+RAYJOB_CRD = CRDS / "ray.io_rayjobs.yaml"
 
 # Keywords whose value is one schema, or a list or map of schemas.
 ONE_SCHEMA = ("items", "additionalProperties", "not")

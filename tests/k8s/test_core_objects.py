@@ -3,7 +3,7 @@ fields refused (kubernetes-validate's bundled `-strict` schemas, as `kubectl app
 --validate=strict` refuses them): every document of every k8s/*.yaml that is not a KubeRay
 object, and the pod templates of every KubeRay node group as core/v1 PodTemplateSpecs
 (the CRD carries no strict pod schema of its own). The KubeRay objects themselves are
-validated against their CRD in test_manifests.py.
+validated against their CRDs in test_manifests.py and test_rayjob.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ README = ROOT / "README.md"
 KUBERNETES_VERSION = "1.37"
 KUBERAY_GROUP = "ray.io"
 # The KubeRay kinds whose CRD the tests hold (tests/k8s/crds) and validate.
-KUBERAY_KINDS = {"RayService"}
+KUBERAY_KINDS = {"RayService", "RayJob"}
 
 
 def manifest_documents() -> list[tuple[str, dict[str, Any]]]:
