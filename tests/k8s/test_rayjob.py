@@ -9,6 +9,7 @@ object's in test_core_objects.py; the last test here checks that they are among 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 import shlex
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from serve_app.batch.cli import build_parser
 from tests.k8s.crd import RAYJOB_CRD, validator
 from tests.k8s.test_core_objects import as_pod_template, problems, ray_pod_templates
 from tests.k8s.test_manifests import cluster_spec as rayservice_cluster_spec
@@ -186,40 +188,38 @@ def test_gpu_group_scales_from_zero_on_gpu_nodes() -> None:
     ]
 
 
-def batch_command() -> tuple[list[str], dict[str, str]]:
-    """The entrypoint's positional arguments and its `--option value` pairs."""
+def batch_command() -> argparse.Namespace:
+    """The entrypoint's arguments, as the batch command itself parses them."""
     argv = shlex.split(rayjob()["spec"]["entrypoint"])
     assert argv[: len(BATCH_COMMAND)] == BATCH_COMMAND
-    positional = argv[len(BATCH_COMMAND) : len(BATCH_COMMAND) + 2]
-    rest = argv[len(BATCH_COMMAND) + 2 :]
-    assert len(rest) % 2 == 0, rest
-    options = dict(zip(rest[::2], rest[1::2], strict=True))
-    assert all(option.startswith("--") for option in options), options
-    return positional, options
+    return build_parser().parse_args(argv[len(BATCH_COMMAND) :])
 
 
 def test_entrypoint_runs_the_batch_command_on_s3() -> None:
-    (source, destination), options = batch_command()
-    assert source.startswith("s3://")
-    assert destination.startswith("s3://")
-    assert destination.rstrip("/") != source.rstrip("/")
-    assert options["--format"] in {"wav", "flac", "mp3"}
-    assert options["--stems"]
+    args = batch_command()
+    assert args.input.startswith("s3://")
+    assert str(args.output).startswith("s3://")
+    assert str(args.output).rstrip("/") != args.input.rstrip("/")
+    assert args.stems
 
 
 def test_entrypoint_asks_for_what_the_gpu_group_holds() -> None:
-    """`--workers MIN:MAX` is the GPU group's range (one actor per GPU pod) and
-    `--model-dir` the folder the init container fills and the worker mounts."""
-    _, options = batch_command()
+    """The actor pool starts with one actor (`initial_size` is MIN, at least 1), whose GPU
+    request makes Ray's autoscaler add the first GPU pod, and grows to one actor per GPU
+    of the group at most; `--model-dir` is the folder the init container fills and the
+    worker mounts."""
+    args = batch_command()
     gpu = groups()["gpu"]
-    smallest, _, largest = options["--workers"].partition(":")
-    assert (int(smallest), int(largest)) == (gpu["minReplicas"], gpu["maxReplicas"])
     pod = gpu["template"]["spec"]
+    pod_gpus = int(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert args.gpus_per_worker == 1
+    assert args.workers.min_size == 1
+    assert args.workers.max_size == gpu["maxReplicas"] * pod_gpus
     (mount,) = [each for each in pod["containers"][0]["volumeMounts"] if each["name"] == "models"]
-    assert mount["mountPath"] == options["--model-dir"]
+    assert mount["mountPath"] == str(args.model_dir)
     (fetch,) = pod["initContainers"]
     command = fetch["command"]
-    assert command[command.index("--model-dir") + 1] == options["--model-dir"]
+    assert command[command.index("--model-dir") + 1] == str(args.model_dir)
 
 
 def test_the_rayjobs_pod_templates_are_valid_pod_template_specs() -> None:
