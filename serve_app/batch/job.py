@@ -18,7 +18,7 @@ import ray
 import ray.data
 
 from serve_app.batch.inputs import InputTrack
-from serve_app.batch.outputs import LocalOutput
+from serve_app.batch.outputs import BatchOutput
 from serve_app.batch.results import SKIPPED, Summary, TrackResult
 from serve_app.batch.worker import SeparationSpec, TrackSeparator
 
@@ -49,7 +49,7 @@ class Workers:
 
 def run_batch(
     tracks: Sequence[InputTrack],
-    output: LocalOutput,
+    output: BatchOutput,
     spec: SeparationSpec,
     *,
     workers: Workers = Workers(),
@@ -64,8 +64,7 @@ def run_batch(
     if limit is not None:
         todo = todo[:limit]
     rows: list[TrackResult] = []
-    output.root.mkdir(parents=True, exist_ok=True)
-    with output.results_path().open("w") as results:
+    with output.open_results() as results:
 
         def record(row: TrackResult) -> None:
             rows.append(row)
@@ -93,7 +92,7 @@ def run_batch(
 
 
 def _separate(
-    tracks: list[InputTrack], output: LocalOutput, spec: SeparationSpec, workers: Workers
+    tracks: list[InputTrack], output: BatchOutput, spec: SeparationSpec, workers: Workers
 ) -> Iterator[TrackResult]:
     """The result rows of separating `tracks` on an actor pool, as they finish."""
     if not tracks:
@@ -103,7 +102,7 @@ def _separate(
         override_num_blocks=len(tracks),
     ).map_batches(
         TrackSeparator,
-        fn_constructor_args=(spec, str(output.root)),
+        fn_constructor_args=(spec, output.location),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(
             min_size=workers.min_size,
