@@ -101,8 +101,11 @@ class S3Output:
 
     def done(self) -> dict[str, TrackResult]:
         """The result row of every track with a done marker, by track id: one listing of
-        the prefix, then the markers read together."""
-        found = self.s3.find(self.root)
+        the prefix, then the markers read together. A missing bucket is a ValueError."""
+        try:
+            found = self.s3.find(self.root)
+        except FileNotFoundError:
+            raise ValueError(f"output bucket not found: {self.location}") from None
         markers = sorted(
             name
             for name in found

@@ -131,6 +131,9 @@ def test_s3_output_writes_the_marker_after_every_stem(
     # The rows written before the failure are uploaded all the same.
     assert s3_admin.cat_file(f"{bucket}/stems/{RESULTS}").decode() == row.to_json() + "\n"
 
+    with pytest.raises(ValueError, match="output bucket not found: s3://no-such-bucket-here/"):
+        S3Output("s3://no-such-bucket-here/stems").done()
+
 
 def test_an_object_is_copied_within_the_size_limit(
     bucket: str, s3_admin: s3fs.S3FileSystem
