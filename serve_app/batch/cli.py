@@ -2,8 +2,12 @@
 
     python -m serve_app.batch songs/ stems/ --stems vocals,drums --format flac --workers 1:4
 
-INPUT is a local folder (every regular file in it, recursively) or a manifest file (one
-local path a line); OUTPUT is a local folder. Tracks already done there (their done marker
+INPUT is a local folder (every regular file in it, recursively), an `s3://bucket/prefix`
+(every object under it) or a manifest file (one local path, `s3://bucket/key` or
+`http(s)://` URL a line; URLs are fetched through the service's outbound guard, within its
+download limits); OUTPUT is a local folder or an `s3://bucket/prefix`. S3's endpoint and
+credentials come from the environment as for any AWS client (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...). Tracks already done there (their done marker
 written) are skipped; failed ones are retried. Errors the user can fix (a missing input, an
 unknown stem) end with a one-line message on stderr and exit status 1.
 """
@@ -12,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-
-import ray
 
 from models.audio.encode import FORMATS
 from models.errors import SeparationError
@@ -28,7 +29,7 @@ from models.stems.catalogue import ALL_STEMS
 from models.stems.routing import DEFAULT_ROUTING_PATH
 from serve_app.batch.inputs import list_inputs
 from serve_app.batch.job import Workers, run_batch
-from serve_app.batch.outputs import LocalOutput
+from serve_app.batch.outputs import open_output
 from serve_app.batch.results import TrackResult
 from serve_app.batch.worker import SeparationSpec
 from serve_app.settings import AppArgs
@@ -38,11 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every option documented for --help."""
     parser = argparse.ArgumentParser(
         prog="python -m serve_app.batch",
-        description="Separate every track of a folder or manifest into stems on Ray, "
+        description="Separate every track of a folder, bucket or manifest into stems on Ray, "
         "resumably: OUTPUT/<track id>/<stem>.<format> and OUTPUT/results.jsonl.",
     )
-    parser.add_argument("input", help="a local folder or a manifest file (one path a line)")
-    parser.add_argument("output", type=Path, help="the local output folder")
+    parser.add_argument(
+        "input",
+        help="a local folder, an s3://bucket/prefix, or a manifest file (one local path, "
+        "s3://bucket/key or http(s):// URL a line)",
+    )
+    parser.add_argument(
+        "output",
+        help="a local folder or an s3://bucket/prefix (S3 endpoint and credentials from the "
+        "environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)",
+    )
     parser.add_argument(
         "--stems",
         default="",
@@ -126,18 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             options=EngineOptions(device="auto", batch_size=args.batch_size),
         )
         spec.job()  # refuse an unknown stem, step or format before Ray starts
-        output = LocalOutput(args.output)
-        tracks = list_inputs(args.input, exclude=output.root)
+        output = open_output(args.output)
+        tracks = list_inputs(args.input, exclude=output.location)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        # "local" starts a Ray of this process's own rather than joining the latest one
-        # started on this machine; RAY_ADDRESS, when set, names the cluster to join.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
-        try:
-            summary = run_batch(
-                tracks, output, spec, workers=workers, limit=args.limit, on_row=_log
-            )
-        finally:
-            ray.shutdown()
+        summary = run_batch(tracks, output, spec, workers=workers, limit=args.limit, on_row=_log)
     except (SeparationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -12,15 +12,17 @@ for `Workers.gpus` GPUs.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
 import ray.data
 
 from serve_app.batch.inputs import InputTrack
-from serve_app.batch.outputs import LocalOutput
+from serve_app.batch.outputs import BatchOutput
 from serve_app.batch.results import SKIPPED, Summary, TrackResult
 from serve_app.batch.worker import SeparationSpec, TrackSeparator
 
@@ -58,23 +60,23 @@ class Workers:
 
 def run_batch(
     tracks: Sequence[InputTrack],
-    output: LocalOutput,
+    output: BatchOutput,
     spec: SeparationSpec,
     *,
     workers: Workers = Workers(),
     limit: int | None = None,
     on_row: Callable[[TrackResult], None] | None = None,
 ) -> Summary:
-    """Separate every one of `tracks` not yet done in `output` (at most `limit` of them),
-    on the Ray cluster this process is connected to; return the run's summary."""
+    """Separate every one of `tracks` not yet done in `output` (at most `limit` of them)
+    on Ray; return the run's summary. Ray is started only when there is a track to
+    separate (see `connected`)."""
     started = time.monotonic()
     done = output.done()
     todo = [track for track in tracks if track.track_id not in done]
     if limit is not None:
         todo = todo[:limit]
     rows: list[TrackResult] = []
-    output.root.mkdir(parents=True, exist_ok=True)
-    with output.results_path().open("w") as results:
+    with output.open_results() as results:
 
         def record(row: TrackResult) -> None:
             rows.append(row)
@@ -95,14 +97,31 @@ def run_batch(
                         stems=marker.stems,
                     )
                 )
-        for row in _separate(todo, output, spec, workers):
-            record(row)
+        if todo:
+            with connected():
+                for row in _separate(todo, output, spec, workers):
+                    record(row)
     output.tidy()
     return Summary.of(rows, time.monotonic() - started)
 
 
+@contextmanager
+def connected() -> Iterator[None]:
+    """Ray for the block: the one this process is connected to, or else a Ray of its own
+    ("local", rather than joining the latest one started on this machine), or the cluster
+    RAY_ADDRESS names, shut down after the block."""
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def _separate(
-    tracks: list[InputTrack], output: LocalOutput, spec: SeparationSpec, workers: Workers
+    tracks: list[InputTrack], output: BatchOutput, spec: SeparationSpec, workers: Workers
 ) -> Iterator[TrackResult]:
     """The result rows of separating `tracks` on an actor pool, as they finish."""
     if not tracks:
@@ -112,7 +131,7 @@ def _separate(
         override_num_blocks=len(tracks),
     ).map_batches(
         TrackSeparator,
-        fn_constructor_args=(spec, str(output.root), workers.tracks),
+        fn_constructor_args=(spec, output.location, workers.tracks),
         batch_size=1,
         num_gpus=workers.gpus or None,
         compute=ray.data.ActorPoolStrategy(

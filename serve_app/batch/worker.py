@@ -28,8 +28,12 @@ from models.engine.threads import available_cores
 from models.preprocess.steps import preprocess
 from models.run import EngineOptions, LocalModels, ModelStore, TrackJob
 from models.stems.routing import DEFAULT_ROUTING_PATH, Routing, load_routing
-from serve_app.batch.outputs import LocalOutput
+from serve_app.batch.outputs import open_output
 from serve_app.batch.results import DONE, FAILED, TrackResult
+from serve_app.batch.sources import local_copy
+from serve_app.outbound.fetch import FetchLimits
+from serve_app.outbound.netguard import OutboundPolicy
+from serve_app.settings import AppArgs
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +41,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SeparationSpec:
     """What every track of a batch gets: stems (None: the defaults), format,
-    preprocessing steps, the routing and where its weights are, the decode limits and how
-    the engine runs."""
+    preprocessing steps, the routing and where its weights are, the decode limits, how
+    the engine runs, and the service's download limits and outbound policy for inputs
+    that are `s3://` objects or `http(s)://` URLs."""
 
     stems: tuple[str, ...] | None = None
     fmt: str = "wav"
@@ -48,6 +53,8 @@ class SeparationSpec:
     use_hub: bool = True
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     options: EngineOptions = field(default_factory=lambda: EngineOptions(device="auto"))
+    fetch: FetchLimits = field(default_factory=lambda: AppArgs().fetch)
+    outbound: OutboundPolicy = field(default_factory=lambda: AppArgs().outbound)
 
     def job(self, routing: Routing | None = None) -> TrackJob:
         """The planned job on `routing` (default: the spec's file, read now); refuses an
@@ -62,7 +69,7 @@ class TrackSeparator:
 
     def __init__(self, spec: SeparationSpec, output: str, tracks: int = 1) -> None:
         self.spec = spec
-        self.output = LocalOutput(output)
+        self.output = open_output(output)
         store = ModelStore(
             load_routing(spec.routing), model_dir=spec.model_dir, use_hub=spec.use_hub
         )
@@ -94,14 +101,15 @@ class TrackSeparator:
         started = time.monotonic()
         staging = self.output.staging(track_id)
         try:
-            separated = self.job.run(
-                source,
-                self.models,
-                staging,
-                limits=self.spec.limits,
-                clean=self.clean,
-                options=self.spec.options,
-            )
+            with local_copy(source, fetch=self.spec.fetch, policy=self.spec.outbound) as audio:
+                separated = self.job.run(
+                    audio,
+                    self.models,
+                    staging,
+                    limits=self.spec.limits,
+                    clean=self.clean,
+                    options=self.spec.options,
+                )
             row = TrackResult(
                 input=source,
                 track_id=track_id,

@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 
 from serve_app.batch.cli import build_parser, main
+from serve_app.batch.inputs import track_id
 from serve_app.batch.job import Workers
+from serve_app.batch.outputs import RESULTS, LocalOutput
+from serve_app.batch.results import DONE, SKIPPED, TrackResult
 from serve_app.settings import AppArgs
 
 
@@ -53,3 +57,25 @@ def test_bad_workers_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         build_parser().parse_args(["in", "out", "--workers", "3:1"])
     assert exited.value.code == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_a_rerun_with_every_track_done_starts_no_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    output = LocalOutput(tmp_path / "stems")
+    for name in ("a.wav", "b.wav"):
+        (songs / name).write_bytes(b"already separated")
+        row = TrackResult(str(songs / name), track_id(name), DONE, duration_s=2.0)
+        output.commit(row, {})
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started with nothing to separate")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    assert main([str(songs), str(output.root)]) == 0
+    assert capsys.readouterr().out.startswith("done 0, failed 0, skipped 2;")
+    rows = (output.root / RESULTS).read_text().splitlines()
+    assert [TrackResult.from_json(line).status for line in rows] == [SKIPPED, SKIPPED]
