@@ -76,6 +76,7 @@ def run_batch(
     if limit is not None:
         todo = todo[:limit]
     rows: list[TrackResult] = []
+    output.discard_leftovers()  # a killed run's staged stems, before any actor writes
     with output.open_results() as results:
 
         def record(row: TrackResult) -> None:

@@ -7,6 +7,11 @@ only the tracks without one. Locally, stems are first written under `.staging/` 
 folder and moved into place, so a track's folder never holds a half-encoded stem under its
 final name, and a track killed mid-way is simply redone. On S3 they are staged in a local
 temporary folder and uploaded, each object appearing whole, the marker after every stem.
+
+A killed run cannot clean up after itself, so a run starts by discarding what an earlier
+one left half-written in a local output (`discard_leftovers`). That assumes one run at a
+time writes to an output folder: a second, concurrent run would delete the first one's
+staged stems.
 """
 
 from __future__ import annotations
@@ -61,6 +66,13 @@ class LocalOutput:
     def discard(self, staging: Path) -> None:
         """Remove a staging folder and whatever is left in it."""
         shutil.rmtree(staging, ignore_errors=True)
+
+    def discard_leftovers(self) -> None:
+        """Remove the staged stems and half-written done markers of runs that were killed.
+        Only safe before this run starts writing, with no other run writing here."""
+        shutil.rmtree(self.root / STAGING, ignore_errors=True)
+        for marker in self.root.glob(f"*/.{DONE_MARKER}.*"):
+            marker.unlink(missing_ok=True)
 
     def tidy(self) -> None:
         """Remove the staging folder if no track is being written into it."""
@@ -132,6 +144,11 @@ class S3Output:
     def discard(self, staging: Path) -> None:
         """Remove a local staging folder and whatever is left in it."""
         shutil.rmtree(staging, ignore_errors=True)
+
+    def discard_leftovers(self) -> None:
+        """Nothing here to discard: no S3 object is ever half-written, and a killed run's
+        stems were staged in the temporary folder of the machine it ran on (a RayJob retry
+        starts a new cluster)."""
 
     def tidy(self) -> None:
         """Nothing to tidy: every staging folder is removed by `discard`."""
