@@ -1,10 +1,10 @@
 """The batch command end to end on a local Ray, run as a subprocess (the test process may
 hold a Ray of its own): 12 rendered songs, a file that is not audio and one past the
-duration limit; the stems equal `python -m models separate`'s. The first run is killed
-with SIGKILL, its whole process group (Ray's processes included) frozen mid-track after
-some tracks are done; a run limited to 2 tracks, then a full one, finish the job without
-doing any track twice and without the killed run's leftovers; a last run redoes only the
-failed tracks."""
+duration limit; the stems equal `python -m models separate`'s. The first run is frozen
+mid-track after some tracks are done and its process group killed with SIGKILL; every Ray
+process it started, workers included, must end with it. A run limited to 2 tracks, then a
+full one, finish the job without doing any track twice and without the killed run's
+leftovers; a last run redoes only the failed tracks."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def run_batch(songs: Path, output: Path, model_dir: Path, *extra: str) -> list[T
 
 
 def kill_mid_track(songs: Path, output: Path, model_dir: Path, log: Path) -> set[str]:
-    """Start the batch command in a process group of its own, freeze the group (SIGSTOP)
-    at a moment when at least KILL_AFTER tracks are done and another is being separated,
-    and SIGKILL the group; return the ids of the tracks cut off. Every process the run
-    started (raylet, GCS, workers) must be gone afterwards."""
+    """Start the batch command in a process group of its own, freeze its process tree
+    (SIGSTOP) at a moment when at least KILL_AFTER tracks are done and another is being
+    separated, and SIGKILL the group; return the ids of the tracks cut off. Every process
+    the run started (raylet, GCS, workers) must be gone afterwards."""
     command, environment = batch_command(songs, output, model_dir)
     with log.open("w") as sink:
         run = subprocess.Popen(
@@ -88,31 +88,31 @@ def kill_mid_track(songs: Path, output: Path, model_dir: Path, log: Path) -> set
         )
     leader = psutil.Process(run.pid)
     frozen: list[psutil.Process] = []
-    try:
 
-        def frozen_mid_track() -> set[str]:
-            assert run.poll() is None, f"the run ended before it was killed: {log.read_text()}"
-            if len(markers(output)) < KILL_AFTER:
-                return set()
-            frozen[:] = freeze(leader)  # no file changes while we look
-            staged = {folder.name.rpartition(".")[0] for folder in (output / STAGING).glob("*")}
-            cut = staged - set(markers(output))
-            if not cut:  # between two tracks: let it go on
-                thaw(frozen)
-            return cut
+    def frozen_mid_track() -> set[str]:
+        assert run.poll() is None, f"the run ended before it was killed: {log.read_text()}"
+        if len(markers(output)) < KILL_AFTER:
+            return set()
+        frozen[:] = freeze(leader)  # no file changes while we look
+        staged = {folder.name.rpartition(".")[0] for folder in (output / STAGING).glob("*")}
+        cut = staged - set(markers(output))
+        if not cut:  # between two tracks: let it go on
+            thaw(frozen)
+        return cut
 
-        cut = wait_until(
-            frozen_mid_track,
-            timeout_s=RUN_TIMEOUT_S,
-            every_s=0.05,
-            failure="the run never had a track in flight after the first ones were done",
-        )
-        assert any(process.name() == "raylet" for process in frozen), frozen
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=RUN_TIMEOUT_S)
     try:
+        try:
+            cut = wait_until(
+                frozen_mid_track,
+                timeout_s=RUN_TIMEOUT_S,
+                every_s=0.05,
+                failure="the run never had a track in flight after the first ones were done",
+            )
+            assert any(process.name() == "raylet" for process in frozen), frozen
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=RUN_TIMEOUT_S)
         # Ray's workers are outside the group, and stopped: they end because Ray kills a
         # worker whose raylet dies (SIGKILL ends a stopped process too).
         wait_until(
@@ -121,7 +121,7 @@ def kill_mid_track(songs: Path, output: Path, model_dir: Path, log: Path) -> set
             timeout_s=30,
             failure="processes of the killed run outlived it",
         )
-    finally:
+    finally:  # whatever failed, leave no stopped process behind
         for process in frozen:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
