@@ -161,6 +161,16 @@ class GatheredModels:
 
     models: PassModels
     gatherer: WindowGatherer
+    threads: int | None = None
+
+    @contextmanager
+    def member(self) -> Iterator[None]:
+        """The calling thread as a member of the gathering, its torch computing on
+        `threads` threads (None: unchanged) for its decoding, overlap-add and passes."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        with self.gatherer.member():
+            yield
 
     @property
     def routing(self) -> Routing:
@@ -188,14 +198,15 @@ def gathered(
     threads: int | None = None,
 ) -> GatheredModels:
     """`models` behind a gatherer of its own, whose forward passes are `models`' runners,
-    computing on `threads` torch threads (None: torch's setting) in whichever thread runs
-    the pass (see models/engine/threads.py)."""
+    computing on `threads` torch threads (None: torch's setting) in whichever member
+    thread runs the pass (see models/engine/threads.py)."""
 
     def run(
         model: str, windows: Sequence[torch.Tensor], sources: Sequence[str]
     ) -> list[torch.Tensor]:
-        if threads is not None:
+        if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return models.runner(model)(windows, sources)
 
-    return GatheredModels(models, WindowGatherer(run, max_windows=max_windows, wait_s=wait_s))
+    gatherer = WindowGatherer(run, max_windows=max_windows, wait_s=wait_s)
+    return GatheredModels(models, gatherer, threads)

@@ -88,7 +88,7 @@ class TrackSeparator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Separate each (source, track_id) of the batch; one JSON result row each."""
-        with self.models.gatherer.member():
+        with self.models.member():
             rows = [
                 self.separate(str(source), str(track_id))
                 for source, track_id in zip(batch["source"], batch["track_id"], strict=True)

@@ -192,11 +192,12 @@ def test_tracks_on_threads_write_what_they_write_alone(tmp_path: Path, model_dir
         write_input(path, rate=rate, channels=2, layout="stereo", seconds=1.0 + 0.5 * number)
         sources.append(path)
         job.run(path, local, tmp_path / "alone" / path.stem)
-    models = gathered(local, max_windows=8, wait_s=LONG_S)
+    models = gathered(local, max_windows=8, wait_s=LONG_S, threads=1)
 
     def separate(path: Path) -> Callable[[], object]:
         def run() -> object:
-            with models.gatherer.member():
+            with models.member():
+                assert torch.get_num_threads() == 1  # the member's thread computes on 1
                 return job.run(path, models, tmp_path / "together" / path.stem)
 
         return run
