@@ -34,7 +34,7 @@ class Workers:
 
     min_size: int = 1
     max_size: int = 2
-    tracks: int = 2
+    tracks: int = 1
     gpus: float = 0.0
 
     def __post_init__(self) -> None:
@@ -140,10 +140,11 @@ def _separate(
             max_size=workers.max_size,
             initial_size=workers.min_size,
             # Each actor runs `tracks` calls at once on threads and is sent no more, so
-            # a track waits in the pool's queue, not behind a busy actor.
+            # a track waits in the pool's queue, not behind a busy actor. One track at
+            # a time runs in the actor's main thread, where torch computes fastest.
             max_concurrent_calls_per_actor=workers.tracks,
             max_tasks_in_flight_per_actor=workers.tracks,
-            enable_true_multi_threading=True,
+            enable_true_multi_threading=workers.tracks > 1,
         ),
     )
     for row in dataset.iter_rows():

@@ -4,7 +4,8 @@ duration limit; the stems equal `python -m models separate`'s. The first run is 
 mid-track after some tracks are done and its process group killed with SIGKILL; every Ray
 process it started, workers included, must end with it. A run limited to 2 tracks, then a
 full one, finish the job without doing any track twice and without the killed run's
-leftovers; a last run redoes only the failed tracks."""
+leftovers (the full one with three tracks per actor, their segments gathered); a last run
+redoes only the failed tracks."""
 
 from __future__ import annotations
 
@@ -217,7 +218,7 @@ def test_batch_killed_mid_track_resumes_without_redoing_work(
     after_second = markers(output)
     assert set(after_second) == set(after_kill) | by_status(second, DONE)
 
-    third = run_batch(songs, output, model_dir)
+    third = run_batch(songs, output, model_dir, "--tracks-per-worker", "3")
     assert len(third) == SONGS + 2
     assert by_status(third, SKIPPED) == set(after_second)
     assert processed(third) == (ids | bad) - set(after_second)

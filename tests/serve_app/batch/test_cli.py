@@ -20,7 +20,7 @@ def test_defaults_are_the_services_limits_and_a_small_pool() -> None:
     args = build_parser().parse_args(["in", "out"])
     assert args.max_duration_s == AppArgs().decode.max_duration_s
     assert args.workers == Workers(1, 2)
-    assert (args.tracks_per_worker, args.gpus_per_worker, args.batch_size) == (2, 0.0, 1)
+    assert (args.tracks_per_worker, args.gpus_per_worker, args.batch_size) == (1, 0.0, 1)
     assert args.limit is None
     assert args.format == "wav"
 
