@@ -73,6 +73,12 @@ class WindowGatherer:
         if self.max_windows < 1 or self.wait_s < 0:
             raise ValueError("max_windows must be at least 1 and wait_s not negative")
 
+    @property
+    def waiting(self) -> int:
+        """How many calls wait for a pass now."""
+        with self._condition:
+            return len(self._pending)
+
     @contextmanager
     def member(self) -> Iterator[None]:
         """Count the calling thread as one whose calls the gathering waits for."""

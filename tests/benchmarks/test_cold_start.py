@@ -3,22 +3,18 @@ settings it starts the service with (every Separator scaled to zero at the start
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import cold_start
+from tests.benchmarks.helptext import help_text
 
 
 def test_help_names_the_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["cold_start", "--help"])
-    with pytest.raises(SystemExit) as exit_:
-        cold_start.main()
-    assert exit_.value.code == 0
-    shown = capsys.readouterr().out
+    shown = help_text(cold_start.main, monkeypatch, capsys)
     for option in ("--seconds", "--full", "--model-dir", "--cpus", "--timeout-s"):
         assert option in shown
 

@@ -89,3 +89,16 @@ def validator(crd: Path, version: str, *, strict_fields: bool = True) -> Draft4V
     dialect; the `x-kubernetes-*` extensions are ignored as unknown keywords)."""
     schema = openapi_schema(crd, version)
     return Draft4Validator(strict(schema) if strict_fields else schema)
+
+
+def schema_errors(crd: Path, document: dict[str, Any], *, strict_fields: bool = True) -> list[str]:
+    """Where and why `document` breaks `crd`'s v1 schema, one line each."""
+    found = validator(crd, "v1", strict_fields=strict_fields).iter_errors(document)
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in found]
+
+
+def node_groups(cluster_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every node group of a RayCluster spec by name, the head as `head`."""
+    return {"head": cluster_spec["headGroupSpec"]} | {
+        group["groupName"]: group for group in cluster_spec["workerGroupSpecs"]
+    }

@@ -22,7 +22,7 @@ from packaging.version import Version
 from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
 from serve_app.settings import AppArgs
-from tests.k8s.crd import RAYSERVICE_CRD, validator
+from tests.k8s.crd import RAYSERVICE_CRD, node_groups, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 RAYSERVICE = ROOT / "k8s" / "rayservice.yaml"
@@ -50,10 +50,7 @@ def cluster_spec() -> dict[str, Any]:
 
 def groups() -> dict[str, dict[str, Any]]:
     """Every node group by name, the head as `head`."""
-    spec = cluster_spec()
-    return {"head": spec["headGroupSpec"]} | {
-        group["groupName"]: group for group in spec["workerGroupSpecs"]
-    }
+    return node_groups(cluster_spec())
 
 
 def ray_containers() -> list[dict[str, Any]]:
@@ -67,8 +64,7 @@ def serve_config() -> dict[str, Any]:
 
 
 def errors(document: dict[str, Any], *, strict_fields: bool = True) -> list[str]:
-    found = validator(RAYSERVICE_CRD, "v1", strict_fields=strict_fields).iter_errors(document)
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in found]
+    return schema_errors(RAYSERVICE_CRD, document, strict_fields=strict_fields)
 
 
 def test_rayservice_is_valid_for_kuberay_strictly() -> None:

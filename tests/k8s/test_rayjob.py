@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from serve_app.batch.cli import build_parser
-from tests.k8s.crd import RAYJOB_CRD, validator
+from tests.k8s.crd import RAYJOB_CRD, node_groups, schema_errors
 from tests.k8s.test_core_objects import as_pod_template, problems, ray_pod_templates
 from tests.k8s.test_manifests import cluster_spec as rayservice_cluster_spec
 
@@ -53,10 +53,7 @@ def cluster_spec() -> dict[str, Any]:
 
 def groups() -> dict[str, dict[str, Any]]:
     """Every node group by name, the head as `head`."""
-    spec = cluster_spec()
-    return {"head": spec["headGroupSpec"]} | {
-        group["groupName"]: group for group in spec["workerGroupSpecs"]
-    }
+    return node_groups(cluster_spec())
 
 
 def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,8 +68,7 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def errors(document: dict[str, Any], *, strict_fields: bool = True) -> list[str]:
-    found = validator(RAYJOB_CRD, "v1", strict_fields=strict_fields).iter_errors(document)
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in found]
+    return schema_errors(RAYJOB_CRD, document, strict_fields=strict_fields)
 
 
 def test_rayjob_is_valid_for_kuberay_strictly() -> None:

@@ -18,6 +18,7 @@ from models.engine.gather import WindowGatherer, gathered
 from models.run import LocalModels, ModelStore, TrackJob
 from models.stems.routing import load_routing
 from tests.models.test_run import write_input
+from tests.waiting import wait_until
 
 LONG_S = 600.0  # a wait no test sits out: a pass that runs did so for another reason
 
@@ -94,43 +95,55 @@ def test_a_member_that_is_busy_is_waited_for_only_wait_s() -> None:
     assert recorder.passes == [("m", 1, ("a",))]
 
 
+def idle_member(
+    gatherer: WindowGatherer, joined: threading.Barrier, leave: threading.Event
+) -> Callable[[], None]:
+    """A member thread's body that makes no call: it joins, then leaves when told."""
+
+    def idle() -> None:
+        with gatherer.member():
+            joined.wait(timeout=60)
+            leave.wait(timeout=60)
+
+    return idle
+
+
 def test_a_member_leaving_lets_the_waiting_call_go() -> None:
     recorder = Recorder()
     gatherer = WindowGatherer(recorder, wait_s=LONG_S)
-    leave = threading.Event()
-
-    def idle_member() -> None:
-        with gatherer.member():
-            leave.wait(timeout=60)
+    joined, leave = threading.Barrier(2), threading.Event()
 
     def caller() -> list[torch.Tensor]:
         with gatherer.member():
-            leave.set()  # the other member leaves once this one is a member
+            joined.wait(timeout=60)
             return gatherer.separate("m", [torch.ones(1, 2)], ["a"])
 
-    results = on_threads(idle_member, caller)
-    assert isinstance(results[1], list) and len(results[1]) == 1
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(idle_member(gatherer, joined, leave))
+        call = pool.submit(caller)
+        wait_until(lambda: gatherer.waiting, lambda waiting: waiting == 1, timeout_s=60)
+        assert recorder.passes == []  # it waits for the idle member
+        leave.set()
+        assert len(call.result(timeout=60)) == 1
     assert recorder.passes == [("m", 1, ("a",))]
 
 
 def test_a_full_batch_goes_without_waiting_and_passes_hold_at_most_max_windows() -> None:
     recorder = Recorder()
     gatherer = WindowGatherer(recorder, max_windows=2, wait_s=LONG_S)
-    idle = threading.Event()
-
-    def idle_member() -> None:
-        with gatherer.member():
-            idle.wait(timeout=60)
+    joined, leave = threading.Barrier(2), threading.Event()
 
     def caller() -> list[torch.Tensor]:
         with gatherer.member():
+            joined.wait(timeout=60)
             try:
                 return gatherer.separate("m", [torch.ones(1, 2)] * 3, ["a"])
             finally:
-                idle.set()
+                leave.set()
 
-    results = on_threads(idle_member, caller)
-    # A call larger than max_windows is full by itself and goes alone, whole.
+    results = on_threads(idle_member(gatherer, joined, leave), caller)
+    # A call larger than max_windows is full by itself and goes alone, whole, while the
+    # other member is still idle.
     assert isinstance(results[1], list) and len(results[1]) == 3
     assert recorder.passes == [("m", 3, ("a",))]
 
