@@ -1,14 +1,26 @@
-"""Where and in what precision the engine computes: device names and the precision context."""
+"""Where and in what precision the engine computes: device names, precisions, the context.
+
+`auto` precision is bf16 where the hardware computes it natively and fp32 elsewhere. On the
+CPU, native means the `avx512_bf16` or `amx_bf16` flag in /proc/cpuinfo. Torch's own
+checks do not tell: `torch.backends.cpu.get_cpu_capability()` says `AVX512` with or without
+bf16 instructions, and `torch.ops.mkldnn._is_mkldnn_bf16_supported()` is true on any
+AVX-512 CPU, bf16 instructions or not (oneDNN then emulates them). On CUDA, native is compute
+capability 8.0 or later (`torch.cuda.is_bf16_supported(including_emulation=False)`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+REQUESTED_PRECISIONS = ("auto", *PRECISIONS)  # what a setting may name; `auto` is resolved
 DEVICES = ("auto", "cpu", "cuda")
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,6 +32,40 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but no CUDA device is available")
     return torch.device(name)
+
+
+def resolve_precision(requested: str, device: torch.device, *, cpuinfo: str | None = None) -> str:
+    """The precision to compute in on `device`: fp32 and bf16 as asked; `auto` is bf16
+    where `device` does bf16 natively, else fp32. `cpuinfo` is the text of /proc/cpuinfo
+    (read when None)."""
+    if requested not in REQUESTED_PRECISIONS:
+        raise ValueError(f"precision must be one of {REQUESTED_PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device, cpuinfo=cpuinfo) else "fp32"
+
+
+def native_bf16(device: torch.device, *, cpuinfo: str | None = None) -> bool:
+    """Whether `device` computes bf16 in hardware rather than by emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text()
+        except OSError:  # not Linux: no flags to go by, so fp32
+            return False
+    return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first processor in /proc/cpuinfo's text (x86 `flags`)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 @contextmanager
