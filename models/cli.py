@@ -22,7 +22,7 @@ from tqdm import tqdm
 from models.audio.decode import DecodeLimits, decode
 from models.audio.encode import FORMATS, StemEncoder
 from models.checkpoints import fetch_models
-from models.engine.devices import DEVICES, PRECISIONS, resolve_device
+from models.engine.devices import DEVICES, REQUESTED_PRECISIONS, resolve_device
 from models.errors import SeparationError
 from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
 from models.preprocess.catalogue import STEPS, parse_steps
@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     separate.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=REQUESTED_PRECISIONS,
         default="fp32",
-        help="bf16 autocasts (and allows TF32 on CUDA): faster, slightly different",
+        help="bf16 autocasts (and allows TF32 on CUDA): faster, slightly different; auto is "
+        "bf16 where the CPU or GPU does bf16 natively, else fp32 (default: %(default)s)",
     )
     separate.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
     separate.add_argument("--overlap", type=float, default=0.25, help="segment overlap")

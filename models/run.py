@@ -33,7 +33,7 @@ from models.audio.domain import to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
 from models.engine.batching import SeparationModel, separate_windows
-from models.engine.devices import resolve_device
+from models.engine.devices import resolve_device, resolve_precision
 from models.engine.geometry import Geometry
 from models.engine.track import WindowRunner, stream_track
 from models.errors import AudioError
@@ -53,7 +53,8 @@ WRITE_BLOCK = 1 << 18  # frames per encoder call for whole-track derived stems
 @dataclass(frozen=True)
 class EngineOptions:
     """How the segment engine runs; the defaults are deterministic fp32 on the CPU.
-    `device` is one of engine.DEVICES: `auto` picks CUDA when present."""
+    `device` is one of engine.DEVICES: `auto` picks CUDA when present. `precision` is one
+    of engine.REQUESTED_PRECISIONS: `auto` is bf16 where the device does it natively."""
 
     batch_size: int = 1
     overlap: float = 0.25
@@ -104,7 +105,8 @@ class PassModels(Protocol):
 
 @dataclass
 class LocalModels:
-    """The models of a `ModelStore`, run in this process on `device`."""
+    """The models of a `ModelStore`, run in this process on `device` in `precision` (one of
+    engine.PRECISIONS: `auto` is resolved by then)."""
 
     store: ModelStore
     device: torch.device
@@ -287,7 +289,7 @@ def separate_file(
     device = resolve_device(options.device)
     separated = job.run(
         source,
-        LocalModels(store, device, options.precision),
+        LocalModels(store, device, resolve_precision(options.precision, device)),
         out_dir,
         limits=limits,
         clean=functools.partial(preprocess, device=device.type),

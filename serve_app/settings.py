@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -128,7 +128,8 @@ class EngineSettings(Section):
     """How the Separator runs its model."""
 
     device: str = "cpu"  # auto, cpu or cuda
-    precision: str = "fp32"
+    # auto: bf16 where the device does bf16 natively (models.engine.devices), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     overlap: float = Field(0.25, ge=0, lt=1)
     shifts: int = Field(0, ge=0)
     # Torch threads of a Separator or Preprocessor replica; None: every core the replica's

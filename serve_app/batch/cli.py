@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from models.audio.encode import FORMATS
+from models.engine.devices import REQUESTED_PRECISIONS
 from models.errors import SeparationError
 from models.preprocess.catalogue import STEPS
 from models.run import EngineOptions
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "this many of every track an actor holds (default: %(default)s)",
     )
     parser.add_argument(
+        "--precision",
+        choices=REQUESTED_PRECISIONS,
+        default=EngineOptions().precision,
+        help="bf16 autocasts: faster, slightly different; auto is bf16 where the workers' "
+        "CPU or GPU does bf16 natively, else fp32 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--limit", type=int, help="separate at most this many of the tracks not yet done"
     )
     parser.add_argument(
@@ -132,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir=args.model_dir,
             use_hub=not args.no_hub,
             limits=replace(AppArgs().decode, max_duration_s=args.max_duration_s),
-            options=EngineOptions(device="auto", batch_size=args.batch_size),
+            options=EngineOptions(
+                device="auto", batch_size=args.batch_size, precision=args.precision
+            ),
         )
         spec.job()  # refuse an unknown stem, step or format before Ray starts
         output = open_output(args.output)

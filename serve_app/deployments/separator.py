@@ -30,7 +30,7 @@ import torch
 from ray import serve
 
 from models.engine.batching import SeparationModel, separate_windows
-from models.engine.devices import resolve_device
+from models.engine.devices import resolve_device, resolve_precision
 from models.engine.geometry import Geometry
 from models.engine.threads import use_threads, with_threads
 from models.errors import ModelMissingError, ModelUnavailableError
@@ -107,7 +107,7 @@ class Separator:
         self.model_dir = Path(model_dir) if model_dir else None
         self.use_hub = use_hub
         self.device = resolve_device(engine.device)
-        self.precision = engine.precision
+        self.precision = resolve_precision(engine.precision, self.device)
         self.threads = use_threads(engine.threads)
         self.batches = 0
         self.sizes: Counter[int] = Counter()

@@ -19,6 +19,7 @@ import torch
 from models.audio.decode import decode
 from models.audio.encode import StemEncoder
 from models.cli import build_parser, main
+from models.engine.devices import REQUESTED_PRECISIONS
 
 
 @pytest.fixture
@@ -114,6 +115,18 @@ def test_help_documents_every_option(command: str) -> None:
         assert action.help, f"{action.dest} has no help text"
         names = action.option_strings or [action.dest]
         assert any(name in shown for name in names), f"{names} missing from --help"
+
+
+@pytest.mark.parametrize("precision", REQUESTED_PRECISIONS)
+def test_separate_accepts_every_precision(precision: str) -> None:
+    arguments = ["separate", "song.wav", "--out", "stems", "--precision", precision]
+    assert build_parser().parse_args(arguments).precision == precision
+
+
+def test_separate_refuses_an_unknown_precision(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["separate", "song.wav", "--out", "o", "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
 def test_make_test_model_then_separate_with_it(tmp_path: Path, song: Path) -> None:

@@ -14,6 +14,7 @@ import models.run
 from models.audio.decode import decode
 from models.audio.encode import StemEncoder
 from models.audio.samples import Samples
+from models.engine.devices import resolve_precision
 from models.errors import AudioError, ModelMissingError, PreprocessError, UnservedStemError
 from models.run import EngineOptions, LocalModels, ModelStore, TrackJob, separate_file
 from models.stems.routing import load_routing, parse_routing
@@ -179,6 +180,27 @@ def test_options_reach_the_engine(tmp_path: Path, model_dir: Path) -> None:
         options=EngineOptions(shifts=1, seed=3, batch_size=2),
     )  # fmt: skip
     assert not np.array_equal(decode(plain["bass"]).samples, decode(shifted["bass"]).samples)
+
+
+def test_auto_precision_separates_as_the_precision_it_resolves_to(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    source = tmp_path / "song.wav"
+    write_input(source, rate=44100, channels=2, layout="stereo", seconds=1.0)
+    resolved = resolve_precision("auto", torch.device("cpu"))
+    other = "fp32" if resolved == "bf16" else "bf16"
+    store = store_for(model_dir)
+    bass = {
+        precision: decode(
+            separate_file(
+                source, ["bass"], tmp_path / precision, store=store,
+                options=EngineOptions(precision=precision),
+            )["bass"]
+        ).samples
+        for precision in ("auto", resolved, other)
+    }  # fmt: skip
+    np.testing.assert_array_equal(bass["auto"], bass[resolved])
+    assert not np.array_equal(bass["auto"], bass[other])
 
 
 def test_unserved_stem_is_refused_before_any_work(tmp_path: Path, model_dir: Path) -> None:

@@ -1,12 +1,15 @@
-"""AppArgs' secrets named by environment variables: the database URL."""
+"""AppArgs' secrets named by environment variables (the database URL) and the engine's
+precision names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from serve_app.settings import AppArgs, MissingDatabaseUrlError
+from models.engine.devices import REQUESTED_PRECISIONS
+from serve_app.settings import AppArgs, EngineSettings, MissingDatabaseUrlError
 
 VARIABLE = "STEMSPLIT_TEST_DATABASE_URL"
 
@@ -61,3 +64,15 @@ def test_database_url_env_is_read_when_asked_not_when_parsed(
     args = AppArgs.model_validate({"database_url_env": VARIABLE})
     monkeypatch.setenv(VARIABLE, "postgresql+psycopg://later@db/tasks")
     assert args.db_url() == "postgresql+psycopg://later@db/tasks"
+
+
+@pytest.mark.parametrize("precision", REQUESTED_PRECISIONS)
+def test_the_engine_takes_every_precision_the_engine_resolves(precision: str) -> None:
+    args = AppArgs.model_validate({"engine": {"precision": precision}})
+    assert args.engine.precision == precision
+
+
+def test_the_engine_precision_defaults_to_fp32_and_refuses_unknown_names() -> None:
+    assert EngineSettings().precision == "fp32"
+    with pytest.raises(ValidationError, match="'auto', 'fp32' or 'bf16'"):
+        EngineSettings(precision="fp16")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from models.engine.devices import REQUESTED_PRECISIONS
 from serve_app.batch.cli import build_parser, main
 from serve_app.batch.inputs import track_id
 from serve_app.batch.job import Workers
@@ -23,6 +24,12 @@ def test_defaults_are_the_services_limits_and_a_small_pool() -> None:
     assert (args.tracks_per_worker, args.gpus_per_worker, args.batch_size) == (1, 0.0, 1)
     assert args.limit is None
     assert args.format == "wav"
+    assert args.precision == "fp32"
+
+
+@pytest.mark.parametrize("precision", REQUESTED_PRECISIONS)
+def test_every_precision_is_accepted(precision: str) -> None:
+    assert build_parser().parse_args(["in", "out", "--precision", precision]).precision == precision
 
 
 @pytest.mark.parametrize(
