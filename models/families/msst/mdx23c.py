@@ -283,6 +283,8 @@ class MDX23C(nn.Module):
 
     def waveform(self, spec: torch.Tensor) -> torch.Tensor:
         """(..., 2c, dim_f, frames) -> (..., c, samples), the missing bins taken as zero."""
+        # Under bf16 autocast the network hands back bf16, which torch.complex refuses.
+        spec = spec.float()
         *lead, c2, bins, frames = spec.shape
         n = self.config.n_fft // 2 + 1
         pad = spec.new_zeros((*lead, c2, n - bins, frames))

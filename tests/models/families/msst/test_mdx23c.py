@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.engine.devices import precision_context
 from models.families.msst.mdx23c import MDX23C, MDX23CConfig
 from tests.models.families.msst.reference import read_config, tiny_network
 
@@ -45,6 +46,21 @@ def test_forward_equals_msst() -> None:
     with torch.inference_mode():
         output = network(torch.from_numpy(forward["input"])).numpy()
     np.testing.assert_allclose(output, forward["output"], rtol=0, atol=1e-5)
+
+
+def test_bf16_autocast_runs_and_stays_near_fp32() -> None:
+    """The ISTFT takes the network's bf16 output (torch.complex refuses bf16)."""
+    network = tiny_network()
+    forward = np.load(FIXTURES / "tiny_forward.npz")
+    audio = torch.from_numpy(forward["input"])
+    with torch.inference_mode(), precision_context(torch.device("cpu"), "bf16"):
+        output = network(audio)
+    assert output.dtype == torch.float32
+    assert not np.array_equal(output.numpy(), forward["output"])
+    reference = forward["output"]
+    np.testing.assert_allclose(
+        output.numpy(), reference, rtol=0, atol=0.1 * np.abs(reference).max()
+    )
 
 
 def test_target_instrument_makes_one_stem() -> None:
