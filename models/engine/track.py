@@ -121,6 +121,7 @@ def collect_track(
     shifts: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Separate a track into one (sources, channels, frames) tensor; for tests and short
     inputs, where holding the whole output is fine."""
@@ -135,6 +136,7 @@ def collect_track(
         shifts=shifts,
         seed=seed,
         device=device,
+        precision=precision,
     )
     return torch.cat(blocks, dim=-1)
 
