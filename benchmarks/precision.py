@@ -12,6 +12,11 @@ times each. A row gives the median seconds of each, bf16 / fp32, and the SDR of 
 stems against the fp32 stems, 10 log10(sum ref^2 / sum (ref - est)^2) per stem, the lowest
 over stems. Random weights cost what the trained ones cost, but the SDR says how far bf16
 rounding moves a network of that shape, not a trained model's stems.
+
+The published RoFormers take minutes per 8 s chunk on a small CPU, so `--chunk-seconds`
+cuts the chunks of the networks that take any length (the RoFormers, SCNet) and
+`--num-overlap` sets how many chunks cover each sample; both change the work per audio
+second, not the layers it goes through.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,19 +64,36 @@ class Architecture:
     family: str
     name: str
     config: Path | None = None
+    any_chunk: bool = False  # the network takes chunks of any length
 
-    def load(self, root: Path, *, small: bool) -> SeparationModel:
-        """The network with random weights; `small` keeps the outputs, shrinks the rest."""
+    def load(
+        self,
+        root: Path,
+        *,
+        small: bool,
+        chunk_seconds: float | None = None,
+        num_overlap: int | None = None,
+    ) -> SeparationModel:
+        """The network with random weights; `small` keeps the outputs, shrinks the rest.
+        MSST families tile with `num_overlap` and, where `any_chunk`, chunks of
+        `chunk_seconds` (None: the config's)."""
         if self.config is None:
-            return DemucsModel(
-                load_model(self.name, model_dir=model_folder(root, self.name, small=small))
-            )
+            bag = load_model(self.name, model_dir=model_folder(root, self.name, small=small))
+            return DemucsModel(bag)
         text = self.config.read_text("utf-8")
         if small:
             text = small_config(self.family, text, source=self.config.name)
         config = parse_config(text, model_type=self.family, source=self.config.name)
-        geometry = geometry_of(config, num_overlap=config.num_overlap, batch_size=config.batch_size)
-        return MsstModel(random_network(config), config, geometry)
+        network = random_network(config)
+        if chunk_seconds is not None and self.any_chunk:
+            # Whole STFT hops: a RoFormer gives back a chunk cut to them.
+            hop = int(config.model.get("stft_hop_length", config.audio.get("hop_length", 512)))
+            chunk = max(1, round(chunk_seconds * config.sample_rate / hop)) * hop
+            config = replace(config, audio_chunk_size=chunk, inference_chunk_size=None)
+        geometry = geometry_of(
+            config, num_overlap=num_overlap or config.num_overlap, batch_size=config.batch_size
+        )
+        return MsstModel(network, config, geometry)
 
 
 ARCHITECTURES = {
@@ -87,13 +109,17 @@ ARCHITECTURES = {
             "bs_roformer",
             "BS-RoFormer ep_317",
             MSST_CONFIGS / "model_bs_roformer_ep_317_sdr_12.9755.yaml",
+            any_chunk=True,
         ),
         Architecture(
             "mel_band_roformer",
             "MelBand denoise",
             MSST_CONFIGS / "denoise_mel_band_roformer_aufr33_sdr_27.9959.yaml",
+            any_chunk=True,
         ),
-        Architecture("scnet", "SCNet musdb18", SCNET_CONFIGS / "config_musdb18_scnet.yaml"),
+        Architecture(
+            "scnet", "SCNet musdb18", SCNET_CONFIGS / "config_musdb18_scnet.yaml", any_chunk=True
+        ),
     )
 }
 
@@ -156,13 +182,24 @@ def cpu_name(cpuinfo: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def header_lines(seconds: float, rounds: int, small: bool, cpuinfo: str) -> list[str]:
+def header_lines(args: argparse.Namespace, cpuinfo: str) -> list[str]:
     """What was measured, and where."""
     native = sorted(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
     auto = resolve_precision("auto", torch.device("cpu"), cpuinfo=cpuinfo)
+    chunks = (
+        "the configs' chunks"
+        if args.chunk_seconds is None
+        else (f"{args.chunk_seconds:g} s chunks (RoFormers, SCNet)")
+    )
+    overlap = (
+        "the configs' num_overlap"
+        if args.num_overlap is None
+        else (f"num_overlap {args.num_overlap}")
+    )
     return [
-        f"bf16 against fp32 on the CPU: {seconds:g} s stereo mix, {rounds} rounds, "
-        f"{'tiny models' if small else 'published architectures, random weights'}",
+        f"bf16 against fp32 on the CPU: {args.seconds:g} s stereo mix, {args.rounds} rounds, "
+        f"{'tiny models' if args.small else 'published architectures, random weights'}; "
+        f"MSST: {chunks}, {overlap}",
         f"CPU {cpu_name(cpuinfo)}, native bf16 flags: {', '.join(native) or 'none'} "
         f"(precision auto: {auto}); torch {torch.__version__}, {torch.get_num_threads()} threads",
     ]
@@ -192,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(ARCHITECTURES),
         help=f"comma-separated, from {', '.join(ARCHITECTURES)} (default: all)",
     )
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        help="MSST families whose networks take any length (the RoFormers, SCNet): chunks "
+        "of this many seconds (default: the config's)",
+    )
+    parser.add_argument(
+        "--num-overlap",
+        type=int,
+        help="MSST families: each sample in this many chunks (default: the config's)",
+    )
     parser.add_argument("--small", action="store_true", help="tiny models, for a smoke run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows here")
     return parser
@@ -207,8 +255,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--families: choose from {', '.join(ARCHITECTURES)}, got {args.families!r}")
     if args.seconds <= 0 or args.rounds < 1:
         parser.error("--seconds must be positive and --rounds at least 1")
+    if (args.chunk_seconds is not None and args.chunk_seconds <= 0) or (
+        args.num_overlap is not None and args.num_overlap < 1
+    ):
+        parser.error("--chunk-seconds must be positive and --num-overlap at least 1")
     cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
-    header = header_lines(args.seconds, args.rounds, args.small, cpuinfo)
+    header = header_lines(args, cpuinfo)
     print("\n".join([*header, COLUMNS]), flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -216,7 +268,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         mix = torch.from_numpy(decode(write_song(root / "song.wav", args.seconds)).samples)
         for name in families:
             architecture = ARCHITECTURES[name]
-            model = architecture.load(root, small=args.small)
+            model = architecture.load(
+                root,
+                small=args.small,
+                chunk_seconds=args.chunk_seconds,
+                num_overlap=args.num_overlap,
+            )
             if (model.geometry.samplerate, model.geometry.audio_channels) != (RATE, 2):
                 raise ValueError(f"{name}: the benchmark's mix is {RATE} Hz stereo")
             rows.append(measure(architecture, model, mix, args.rounds))
@@ -228,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seconds": args.seconds,
             "rounds": args.rounds,
             "small": args.small,
+            "chunk_seconds": args.chunk_seconds,
+            "num_overlap": args.num_overlap,
             "threads": torch.get_num_threads(),
             "rows": [asdict(row) for row in rows],
         }

@@ -21,10 +21,13 @@ def test_a_row_per_family_asked_with_a_finite_sdr(
     report_file = tmp_path / "precision.json"
     precision.main(
         ["--small", "--seconds", "0.5", "--rounds", "1", "--families", ",".join(FAMILIES),
-         "--json", str(report_file)]
+         "--chunk-seconds", "0.25", "--num-overlap", "1", "--json", str(report_file)]
     )  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("bf16 against fp32 on the CPU: 0.5 s stereo mix, 1 rounds")
+    assert lines[0] == (
+        "bf16 against fp32 on the CPU: 0.5 s stereo mix, 1 rounds, tiny models; "
+        "MSST: 0.25 s chunks (RoFormers, SCNet), num_overlap 1"
+    )
     assert lines[2] == precision.COLUMNS
     assert [line.split()[0] for line in lines[3:]] == FAMILIES
     report = json.loads(report_file.read_text())
@@ -42,6 +45,8 @@ def test_a_row_per_family_asked_with_a_finite_sdr(
         (["--families", "demucs,spleeter"], "--families: choose from demucs, mdx23c"),
         (["--seconds", "0"], "--seconds must be positive and --rounds at least 1"),
         (["--rounds", "0"], "--seconds must be positive and --rounds at least 1"),
+        (["--chunk-seconds", "0"], "--chunk-seconds must be positive and --num-overlap at least 1"),
+        (["--num-overlap", "0"], "--chunk-seconds must be positive and --num-overlap at least 1"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -57,5 +62,13 @@ def test_help_names_the_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shown = help_text(precision.main, monkeypatch, capsys)
-    for option in ("--seconds", "--rounds", "--families", "--small", "--json"):
+    for option in (
+        "--seconds",
+        "--rounds",
+        "--families",
+        "--chunk-seconds",
+        "--num-overlap",
+        "--small",
+        "--json",
+    ):
         assert option in shown
