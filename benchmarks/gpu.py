@@ -1,0 +1,467 @@
+"""The engine on a GPU without Ray: N concurrent tracks whose windows share forward passes,
+against demucs's `apply_model` at batch 1 fp32 on the same device.
+
+    python -m benchmarks.gpu OUT [--device cuda] [--tracks 1,4,16,64]
+        [--batch-sizes 8,16,32,64] [--precisions fp32,bf16] [--compile]
+        [--seconds 60] [--long-seconds 180] [--budget-s 480] [--small]
+
+For a machine that has torch and demucs but no Ray (benchmarks/gpu_run.sh carries what it
+lacks). The model is a random-weight copy of the released htdemucs written by the
+project's own test-model writer (the same compute as the real weights). Each cell runs N
+tracks of `--seconds` (seeded noise) on N threads as a batch worker does: every track is
+streamed by `stream_track`, and its runner joins one `WindowGatherer` whose passes hold up
+to B windows (`separate_windows` under the precision context). Per cell: wall seconds,
+audio seconds per wall second, the ratio to `apply_model`'s one-after-another throughput,
+TFLOP/s and its fraction of the card's peak, windows per pass, and the first track's
+stems in SDR (worst stem, dB) against `apply_model`'s fp32 stems. First, one track of
+`--long-seconds` is timed through `apply_model` and through the engine (N = 1, the largest
+B, each precision).
+
+A global time budget bounds the run: a cell whose predicted time (its audio over the
+slowest throughput seen so far at its precision, or `apply_model`'s) would pass the
+budget is recorded as skipped. `OUT/gpu.json` is rewritten after every cell, so a run cut
+short still leaves what it measured; the table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from demucs.apply import BagOfModels, apply_model
+
+from models.engine.batching import separate_windows
+from models.engine.devices import PRECISIONS, resolve_device
+from models.engine.gather import WindowGatherer
+from models.engine.track import normalisation, stream_track
+from models.families.demucs.family import DemucsModel
+from models.families.demucs.loading import load_model
+from models.families.demucs.testmodel import make_test_model
+from models.testing.quality import sdr_db
+
+MODEL = "htdemucs"
+OVERLAP = 0.25
+# HTDemucs's cost per second of audio at overlap 0.25 (7.8 s segments every 5.85 s), as
+# issue 17 states it; torch's FlopCounterMode counts fewer (it skips the STFTs), see the
+# README's "GPU benchmark".
+GFLOP_PER_AUDIO_S = 57.0
+# The H200's bf16 matrix product as measured on the lent machine (8192^3, random data).
+PEAK_TFLOPS = 790.0
+DEFAULT_BUDGET_S = 480.0
+
+
+@dataclass
+class Cell:
+    """One measured (or skipped) setting of the grid."""
+
+    tracks: int
+    batch_size: int
+    precision: str
+    compiled: bool
+    status: str = "pending"  # done, skipped or failed
+    wall_s: float | None = None
+    audio_s: float | None = None
+    realtime: float | None = None  # audio seconds per wall second
+    vs_apply_model: float | None = None  # throughput over apply_model's
+    tflops: float | None = None
+    peak_fraction: float | None = None
+    passes: int | None = None
+    windows_per_pass: float | None = None
+    sdr_vs_fp32_db: float | None = None  # first track, worst stem
+    error: str | None = None
+
+
+@dataclass
+class Concurrent:
+    """What one concurrent run took and gave."""
+
+    wall_s: float
+    passes: int
+    windows: int
+    first_stems: torch.Tensor  # the first track's (sources, channels, frames)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`1,4,16` as [1, 4, 16]; every size at least 1."""
+    sizes = [int(part) for part in text.split(",") if part]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sizes
+
+
+def parse_precisions(text: str) -> list[str]:
+    """`fp32,bf16` as a list of known precisions."""
+    names = [part for part in text.split(",") if part]
+    if not names or any(name not in PRECISIONS for name in names):
+        raise argparse.ArgumentTypeError(f"precisions must be among {PRECISIONS}, got {text!r}")
+    return names
+
+
+def make_mix(seconds: float, rate: int, seed: int) -> torch.Tensor:
+    """A seeded stereo noise mix: the engine's speed does not depend on the music."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, int(seconds * rate), generator=generator) * 0.1
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall clocks see it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_apply_model(bag: BagOfModels, mix: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stems of `mix` by demucs's `apply_model`, normalised and scaled back as its
+    separator does, at batch 1 in fp32; on the CPU."""
+    mean, scale = normalisation(mix)
+    stems = apply_model(
+        bag, ((mix - mean) / scale)[None], split=True, overlap=OVERLAP, shifts=0, device=device
+    )[0]
+    return (stems * scale + mean).cpu()
+
+
+def time_apply_model(
+    bag: BagOfModels, mix: torch.Tensor, device: torch.device, rounds: int
+) -> tuple[float, torch.Tensor]:
+    """Median wall seconds of `rounds` apply_model runs on `mix`, and its stems."""
+    times: list[float] = []
+    stems = torch.empty(0)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        stems = run_apply_model(bag, mix, device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), stems
+
+
+def run_concurrent(
+    model: DemucsModel,
+    mixes: Sequence[torch.Tensor],
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+) -> Concurrent:
+    """Separate `mixes` on one thread each, their windows gathered into passes of up to
+    `batch_size` windows; only the first track's stems are kept."""
+
+    def forward(
+        _model: str, windows: Sequence[torch.Tensor], sources: Sequence[str]
+    ) -> list[torch.Tensor]:
+        return separate_windows(model, windows, sources=sources, device=device, precision=precision)
+
+    gatherer = WindowGatherer(forward, max_windows=batch_size)
+    # Each thread offers its share of a pass, so that N tracks fill a pass of B windows.
+    per_track = max(1, math.ceil(batch_size / len(mixes)))
+    ready = threading.Barrier(len(mixes))
+    blocks: list[torch.Tensor] = []
+    errors: list[BaseException] = []
+
+    def separate(number: int, mix: torch.Tensor) -> None:
+        def keep(_start: int, block: torch.Tensor) -> None:
+            if number == 0:
+                blocks.append(block)
+
+        def runner(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            return gatherer.separate(MODEL, windows, sources)
+
+        try:
+            with gatherer.member():
+                ready.wait()  # every member counted before the first pass is gathered
+                stream_track(model.geometry, runner, mix, keep, batch_size=per_track)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=separate, args=(number, mix), name=f"track-{number}")
+        for number, mix in enumerate(mixes)
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    synchronise(device)
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return Concurrent(wall, gatherer.passes, gatherer.windows, torch.cat(blocks, dim=-1))
+
+
+def warm_up(
+    model: DemucsModel,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    warmed: set[tuple[int, int, str]],
+) -> None:
+    """One untimed pass of `batch_size` full windows, once per model, batch size and
+    precision (`warmed` remembers): kernels chosen (and compiled), memory reserved."""
+    key = (id(model), batch_size, precision)
+    if key in warmed:
+        return
+    warmed.add(key)
+    geometry = model.geometry
+    length = geometry.window_length(geometry.segment_length)
+    windows = [torch.zeros(geometry.audio_channels, length)] * batch_size
+    separate_windows(model, windows, device=device, precision=precision)
+    synchronise(device)
+
+
+def worst_sdr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """The lowest SDR over the stems of `estimate` against `reference`, in dB."""
+    frames = min(reference.shape[-1], estimate.shape[-1])
+    return min(
+        sdr_db(reference[stem, :, :frames].numpy(), estimate[stem, :, :frames].numpy())
+        for stem in range(reference.shape[0])
+    )
+
+
+def compiled_copy(folder: Path, device: torch.device) -> DemucsModel:
+    """A second copy of the model whose networks go through `torch.compile`."""
+    bag = load_model(MODEL, model_dir=folder, use_hub=False)
+    for network in bag.models:
+        network.compile()  # in place: torch.compile of its forward
+    model = DemucsModel(bag)
+    model.to(device)
+    return model
+
+
+class Budget:
+    """The run's time budget: what is left, and whether a predicted cell still fits."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.start = clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the run began."""
+        return self.clock() - self.start
+
+    def allows(self, predicted_s: float) -> bool:
+        """Whether a step predicted to take `predicted_s` ends inside the budget."""
+        return self.elapsed() + predicted_s <= self.seconds
+
+
+def fill(cell: Cell, run: Concurrent, audio_s: float, apply_rate: float, small: bool) -> None:
+    """The cell's figures from its run."""
+    cell.status = "done"
+    cell.wall_s = run.wall_s
+    cell.audio_s = audio_s
+    cell.realtime = audio_s / run.wall_s
+    cell.vs_apply_model = cell.realtime / apply_rate
+    if not small:  # the FLOP figure is the released architecture's
+        cell.tflops = cell.realtime * GFLOP_PER_AUDIO_S / 1000
+        cell.peak_fraction = cell.tflops / PEAK_TFLOPS
+    cell.passes = run.passes
+    cell.windows_per_pass = run.windows / max(run.passes, 1)
+
+
+def table(cells: Sequence[Cell]) -> str:
+    """The grid as aligned text."""
+    header = "tracks batch precision compiled status    wall_s  x_realtime  vs_apply  TFLOP/s"
+    lines = [header + "  win/pass  SDR_dB"]
+    for cell in cells:
+
+        def figure(value: float | None, digits: int) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        lines.append(
+            f"{cell.tracks:>6} {cell.batch_size:>5} {cell.precision:>9} "
+            f"{'yes' if cell.compiled else 'no':>8} {cell.status:<8} "
+            f"{figure(cell.wall_s, 2):>7} {figure(cell.realtime, 1):>11} "
+            f"{figure(cell.vs_apply_model, 2):>9} {figure(cell.tflops, 1):>8} "
+            f"{figure(cell.windows_per_pass, 1):>9} {figure(cell.sdr_vs_fp32_db, 1):>7}"
+        )
+    return "\n".join(lines)
+
+
+def fastest(cells: Sequence[Cell]) -> Cell | None:
+    """The finished cell with the highest throughput, if any."""
+    done = [cell for cell in cells if cell.status == "done" and cell.realtime is not None]
+    return max(done, key=lambda cell: cell.realtime or 0.0, default=None)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The machine and software the figures were taken on."""
+    facts: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if device.type == "cuda":
+        facts["card"] = torch.cuda.get_device_name(device)
+    else:
+        facts["cpu_threads"] = torch.get_num_threads()
+    return facts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("out", type=Path, help="folder for gpu.json")
+    parser.add_argument("--device", default="cuda", help="cuda, cpu or auto (default cuda)")
+    parser.add_argument("--tracks", type=parse_sizes, default=[1, 4, 16, 64])
+    parser.add_argument("--batch-sizes", type=parse_sizes, default=[8, 16, 32, 64])
+    parser.add_argument("--precisions", type=parse_precisions, default=["bf16", "fp32"])
+    parser.add_argument("--compile", action="store_true", help="also torch.compile'd cells")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each track")
+    parser.add_argument("--long-seconds", type=float, default=180.0, help="0: no long track")
+    parser.add_argument("--rounds", type=int, default=2, help="apply_model timings (median)")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S)
+    parser.add_argument("--small", action="store_true", help="tiny model, for a smoke run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write OUT/gpu.json after every step, print the table; the
+    document written."""
+    args = build_parser().parse_args(argv)
+    budget = Budget(args.budget_s)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "gpu.json"
+
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as root:
+        folder = Path(root) / MODEL
+        make_test_model(folder, MODEL, small=args.small)
+        bag = load_model(MODEL, model_dir=folder, use_hub=False)
+        model = DemucsModel(bag)
+        model.to(device)
+        compiled = compiled_copy(folder, device) if args.compile else None
+
+    rate = model.geometry.samplerate
+    warmed: set[tuple[int, int, str]] = set()  # the models live as long as this set
+    mixes = [make_mix(args.seconds, rate, seed) for seed in range(max(args.tracks))]
+    document: dict[str, Any] = {
+        "model": MODEL + (" (small)" if args.small else ""),
+        "environment": environment(device),
+        "settings": {
+            "seconds": args.seconds,
+            "overlap": OVERLAP,
+            "budget_s": args.budget_s,
+            "gflop_per_audio_s": None if args.small else GFLOP_PER_AUDIO_S,
+            "peak_tflops": PEAK_TFLOPS,
+        },
+        "sdr": "first track, worst stem, plain SDR against apply_model's fp32 stems",
+    }
+
+    def save() -> None:
+        document["elapsed_s"] = round(budget.elapsed(), 2)
+        path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+    run_apply_model(bag, make_mix(min(args.seconds, 10.0), rate, 99), device)  # warm-up
+    apply_s, reference = time_apply_model(bag, mixes[0], device, args.rounds)
+    apply_rate = args.seconds / apply_s
+    document["apply_model"] = {"wall_s": apply_s, "realtime": apply_rate}
+    save()
+
+    if args.long_seconds > 0:
+        document["long_track"] = long_track(args, model, bag, device, budget, warmed)
+        save()
+
+    cells = [
+        Cell(tracks, batch_size, precision, is_compiled)
+        for is_compiled in ([False, True] if compiled is not None else [False])
+        for precision in args.precisions
+        for tracks in args.tracks
+        for batch_size in args.batch_sizes
+    ]
+    document["cells"] = cells_json = [asdict(cell) for cell in cells]
+    for index, cell in enumerate(cells):
+        chosen = compiled if cell.compiled and compiled is not None else model
+        audio_s = cell.tracks * args.seconds
+        seen = [
+            other.realtime
+            for other in cells[:index]
+            if other.realtime is not None
+            and (other.precision, other.compiled)
+            == (
+                cell.precision,
+                cell.compiled,
+            )
+        ]
+        predicted = audio_s / min(seen, default=apply_rate)
+        if not budget.allows(predicted):
+            cell.status = "skipped"
+        else:
+            try:
+                warm_up(chosen, cell.batch_size, cell.precision, device, warmed)
+                run = run_concurrent(
+                    chosen, mixes[: cell.tracks], cell.batch_size, cell.precision, device
+                )
+                fill(cell, run, audio_s, apply_rate, args.small)
+                cell.sdr_vs_fp32_db = worst_sdr(reference, run.first_stems)
+            except Exception as exc:  # one failing setting must not lose the run's figures
+                cell.status = "failed"
+                cell.error = f"{type(exc).__name__}: {exc}"[:500]
+        cells_json[index] = asdict(cell)
+        best = fastest(cells)
+        document["fastest"] = None if best is None else asdict(best)
+        save()
+        print(f"[{budget.elapsed():6.1f} s] {table([cell]).splitlines()[1]}", file=sys.stderr)
+
+    print(json.dumps({key: document[key] for key in ("model", "environment")}, indent=2))
+    print(
+        f"apply_model, batch 1 fp32: {apply_s:.2f} s for {args.seconds:.0f} s "
+        f"({apply_rate:.1f} x realtime)"
+    )
+    if "long_track" in document:
+        print(f"long track: {json.dumps(document['long_track'])}")
+    print(table(cells))
+    best = fastest(cells)
+    if best is not None:
+        print(
+            f"fastest: {best.tracks} tracks, batch {best.batch_size}, {best.precision}"
+            f"{', compiled' if best.compiled else ''}: {best.realtime:.1f} x realtime, "
+            f"{best.vs_apply_model:.2f} x apply_model, SDR {best.sdr_vs_fp32_db:.1f} dB"
+        )
+    print(f"written to {path} in {budget.elapsed():.1f} s")
+    return document
+
+
+def long_track(
+    args: argparse.Namespace,
+    model: DemucsModel,
+    bag: BagOfModels,
+    device: torch.device,
+    budget: Budget,
+    warmed: set[tuple[int, int, str]],
+) -> dict[str, Any]:
+    """One track of `--long-seconds`: apply_model's time and the engine's (N = 1, the
+    largest batch size) at each precision, with the engine's stems in SDR against it."""
+    mix = make_mix(args.long_seconds, model.geometry.samplerate, 1000)
+    apply_s, reference = time_apply_model(bag, mix, device, 1)
+    figures: dict[str, Any] = {"seconds": args.long_seconds, "apply_model_s": apply_s}
+    batch_size = max(args.batch_sizes)
+    for precision in args.precisions:
+        if not budget.allows(apply_s):
+            figures[precision] = "skipped"
+            continue
+        warm_up(model, batch_size, precision, device, warmed)
+        run = run_concurrent(model, [mix], batch_size, precision, device)
+        figures[precision] = {
+            "batch_size": batch_size,
+            "wall_s": run.wall_s,
+            "speedup": apply_s / run.wall_s,
+            "sdr_vs_fp32_db": worst_sdr(reference, run.first_stems),
+        }
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""benchmarks/gpu.py on the CPU with the small model: the table's shape, finite figures,
+and the budget that skips what would not fit."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import gpu
+
+LONG, NO_LONG, NO_TIME = ["--long-seconds", "2"], ["--long-seconds", "0"], ["--budget-s", "0"]
+TINY = ["--device", "cpu", "--small", "--batch-sizes", "2", "--seconds", "2", "--rounds", "1"]
+
+
+def test_a_tiny_run_writes_every_cell_with_finite_sdr(tmp_path: Path) -> None:
+    document = gpu.main(
+        [str(tmp_path), *TINY, "--tracks", "1,2", "--precisions", "fp32,bf16", *LONG]
+    )
+    written = json.loads((tmp_path / "gpu.json").read_text())
+    assert written["cells"] == document["cells"]
+    cells = written["cells"]
+    assert [(cell["precision"], cell["tracks"]) for cell in cells] == [
+        ("fp32", 1),
+        ("fp32", 2),
+        ("bf16", 1),
+        ("bf16", 2),
+    ]
+    assert all(cell["status"] == "done" and cell["batch_size"] == 2 for cell in cells)
+    for cell in cells:
+        assert cell["realtime"] == cell["audio_s"] / cell["wall_s"]
+        assert math.isfinite(cell["sdr_vs_fp32_db"])
+        assert (
+            cell["tflops"] is None
+        )  # the FLOP figure is the released model's, not the small one's
+    fp32, bf16 = cells[0], cells[2]
+    assert fp32["sdr_vs_fp32_db"] > 100  # the engine's fp32 stems are apply_model's
+    assert 0 < bf16["sdr_vs_fp32_db"] < fp32["sdr_vs_fp32_db"]
+    assert cells[1]["windows_per_pass"] == 2  # two tracks' windows share each pass
+    long_track = written["long_track"]
+    assert long_track["seconds"] == 2
+    assert {"fp32", "bf16"} <= long_track.keys()
+    assert math.isfinite(long_track["bf16"]["sdr_vs_fp32_db"])
+    assert written["fastest"]["status"] == "done"
+    assert written["apply_model"]["wall_s"] > 0
+
+
+def test_cells_past_the_budget_are_skipped(tmp_path: Path) -> None:
+    document = gpu.main(
+        [str(tmp_path), *TINY, "--tracks", "1", "--precisions", "fp32", *NO_LONG, *NO_TIME]
+    )
+    assert [cell["status"] for cell in document["cells"]] == ["skipped"]
+    assert document["fastest"] is None
+    assert "long_track" not in document
+
+
+def test_the_budget_allows_what_ends_inside_it() -> None:
+    now = [100.0]
+    budget = gpu.Budget(480.0, clock=lambda: now[0])
+    now[0] += 400.0
+    assert budget.allows(80.0)
+    assert not budget.allows(80.5)
+    assert gpu.DEFAULT_BUDGET_S == 480.0
+
+
+def test_it_imports_no_ray() -> None:
+    code = "import sys, benchmarks.gpu; sys.exit('ray' in sys.modules)"
+    repository = Path(gpu.__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=repository).returncode == 0
