@@ -69,3 +69,13 @@ def test_it_imports_no_ray() -> None:
     code = "import sys, benchmarks.gpu; sys.exit('ray' in sys.modules)"
     repository = Path(gpu.__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=repository).returncode == 0
+
+
+def test_a_prediction_reads_the_closest_finished_cells_of_its_kind() -> None:
+    done = gpu.Cell(4, 8, "bf16", False, status="done", realtime=100.0)
+    slower = gpu.Cell(4, 16, "bf16", False, status="done", realtime=50.0)
+    fewer = gpu.Cell(1, 8, "bf16", False, status="done", realtime=10.0)
+    other = gpu.Cell(16, 8, "fp32", False, status="done", realtime=1.0)
+    cell = gpu.Cell(16, 8, "bf16", False)
+    assert gpu.predicted_s(cell, [fewer, done, slower, other], 960.0, 5.0) == 960.0 / 50.0
+    assert gpu.predicted_s(cell, [other], 960.0, 5.0) == 960.0 / 5.0  # apply_model's rate
