@@ -293,10 +293,6 @@ def table(cells: Sequence[Cell]) -> str:
     header = "tracks batch precision compiled status    wall_s  x_realtime  vs_apply  TFLOP/s"
     lines = [header + "  win/pass  SDR_dB"]
     for cell in cells:
-
-        def figure(value: float | None, digits: int) -> str:
-            return "-" if value is None else f"{value:.{digits}f}"
-
         lines.append(
             f"{cell.tracks:>6} {cell.batch_size:>5} {cell.precision:>9} "
             f"{'yes' if cell.compiled else 'no':>8} {cell.status:<8} "
@@ -305,6 +301,11 @@ def table(cells: Sequence[Cell]) -> str:
             f"{figure(cell.windows_per_pass, 1):>9} {figure(cell.sdr_vs_fp32_db, 1):>7}"
         )
     return "\n".join(lines)
+
+
+def figure(value: float | None, digits: int) -> str:
+    """A table figure to `digits` decimals, or `-` where there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def fastest(cells: Sequence[Cell]) -> Cell | None:
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 cell.sdr_vs_fp32_db = worst_sdr(reference, run.first_stems)
             except Exception as exc:  # one failing setting must not lose the run's figures
                 cell.status = "failed"
-                cell.error = f"{type(exc).__name__}: {exc}"[:500]
+                cell.error = failure(exc, device)
         cells_json[index] = asdict(cell)
         best = fastest(cells)
         document["fastest"] = None if best is None else asdict(best)
@@ -441,10 +442,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(
             f"fastest: {best.tracks} tracks, batch {best.batch_size}, {best.precision}"
             f"{', compiled' if best.compiled else ''}: {best.realtime:.1f} x realtime, "
-            f"{best.vs_apply_model:.2f} x apply_model, SDR {best.sdr_vs_fp32_db:.1f} dB"
+            f"{best.vs_apply_model:.2f} x apply_model, SDR {figure(best.sdr_vs_fp32_db, 1)} dB"
         )
+    document["targets"] = targets(cells, document.get("long_track"))
+    save()
+    print(f"targets (issue 17): {json.dumps(document['targets'])}")
     print(f"written to {path} in {budget.elapsed():.1f} s")
     return document
+
+
+def targets(cells: Sequence[Cell], long: dict[str, Any] | None) -> dict[str, Any]:
+    """Issue 17's GPU targets against the figures: 16 concurrent tracks at least 8 times
+    apply_model's throughput and 1,000 times real time; one long track at least twice as
+    fast as apply_model. None where the run has no figure for it."""
+    sixteen = fastest([cell for cell in cells if cell.tracks == 16])
+    speedups = [
+        figures["speedup"]
+        for figures in (long or {}).values()
+        if isinstance(figures, dict) and "speedup" in figures
+    ]
+    return {
+        "sixteen_tracks_vs_apply_model": None if sixteen is None else sixteen.vs_apply_model,
+        "sixteen_tracks_realtime": None if sixteen is None else sixteen.realtime,
+        "long_track_speedup": max(speedups, default=None),
+        "wanted": {
+            "sixteen_tracks_vs_apply_model": 8,
+            "sixteen_tracks_realtime": 1000,
+            "long_track_speedup": 2,
+        },
+    }
 
 
 def long_track(
@@ -465,8 +491,12 @@ def long_track(
         if not budget.allows(apply_s):
             figures[precision] = "skipped"
             continue
-        warm_up(model, batch_size, precision, device, warmed)
-        run = run_concurrent(model, [mix], batch_size, precision, device)
+        try:
+            warm_up(model, batch_size, precision, device, warmed)
+            run = run_concurrent(model, [mix], batch_size, precision, device)
+        except Exception as exc:  # as a cell's: the rest of the run still measures
+            figures[precision] = failure(exc, device)
+            continue
         figures[precision] = {
             "batch_size": batch_size,
             "wall_s": run.wall_s,
@@ -474,6 +504,13 @@ def long_track(
             "sdr_vs_fp32_db": worst_sdr(reference, run.first_stems),
         }
     return figures
+
+
+def failure(exc: Exception, device: torch.device) -> str:
+    """What failed, for the table; the failed step's cached device memory released."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # after an out-of-memory error, for the settings that follow
+    return f"failed: {type(exc).__name__}: {exc}"[:500]
 
 
 if __name__ == "__main__":

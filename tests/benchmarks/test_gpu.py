@@ -79,3 +79,17 @@ def test_a_prediction_reads_the_closest_finished_cells_of_its_kind() -> None:
     cell = gpu.Cell(16, 8, "bf16", False)
     assert gpu.predicted_s(cell, [fewer, done, slower, other], 960.0, 5.0) == 960.0 / 50.0
     assert gpu.predicted_s(cell, [other], 960.0, 5.0) == 960.0 / 5.0  # apply_model's rate
+
+
+def test_the_targets_read_sixteen_tracks_and_the_long_track() -> None:
+    cells = [
+        gpu.Cell(16, 8, "bf16", False, status="done", realtime=900.0, vs_apply_model=9.0),
+        gpu.Cell(16, 16, "bf16", False, status="done", realtime=1100.0, vs_apply_model=11.0),
+        gpu.Cell(64, 8, "bf16", False, status="done", realtime=2000.0, vs_apply_model=20.0),
+    ]
+    long = {"seconds": 180.0, "bf16": {"speedup": 3.0}, "fp32": "skipped"}
+    found = gpu.targets(cells, long)
+    assert found["sixteen_tracks_realtime"] == 1100.0
+    assert found["sixteen_tracks_vs_apply_model"] == 11.0
+    assert found["long_track_speedup"] == 3.0
+    assert gpu.targets([], None)["long_track_speedup"] is None
