@@ -259,6 +259,19 @@ class Budget:
         return self.elapsed() + predicted_s <= self.seconds
 
 
+def compiled_cells(eager: Sequence[Cell], tracks: Sequence[int]) -> list[Cell]:
+    """The compiled settings worth their compile time: per precision and track count, the
+    batch size that was fastest uncompiled; 16 tracks (issue 17's target) first."""
+    order = sorted(tracks, key=lambda count: count != 16)
+    chosen: list[Cell] = []
+    for precision in dict.fromkeys(cell.precision for cell in eager):
+        for count in order:
+            best = fastest([c for c in eager if (c.precision, c.tracks) == (precision, count)])
+            if best is not None:
+                chosen.append(Cell(count, best.batch_size, precision, compiled=True))
+    return chosen
+
+
 def predicted_s(cell: Cell, earlier: Sequence[Cell], audio_s: float, apply_rate: float) -> float:
     """Seconds `cell` should take: its audio over the slowest throughput among the earlier
     finished cells of its precision and compilation with the most tracks (throughput grows
@@ -397,17 +410,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save()
 
     cells = [
-        Cell(tracks, batch_size, precision, is_compiled)
-        for is_compiled in ([False, True] if compiled is not None else [False])
+        Cell(tracks, batch_size, precision, compiled=False)
         for precision in args.precisions
         for tracks in args.tracks
         for batch_size in args.batch_sizes
     ]
-    document["cells"] = cells_json = [asdict(cell) for cell in cells]
-    for index, cell in enumerate(cells):
-        chosen = compiled if cell.compiled and compiled is not None else model
+    measured: list[Cell] = []
+
+    def measure(cell: Cell, chosen: DemucsModel) -> None:
+        earlier = list(measured)
         audio_s = cell.tracks * args.seconds
-        predicted = predicted_s(cell, cells[:index], audio_s, apply_rate)
+        predicted = predicted_s(cell, earlier, audio_s, apply_rate)
         if cell.compiled and (id(chosen), cell.batch_size, cell.precision) not in warmed:
             predicted += COMPILE_ALLOWANCE_S
         if not budget.allows(predicted):
@@ -423,11 +436,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except Exception as exc:  # one failing setting must not lose the run's figures
                 cell.status = "failed"
                 cell.error = failure(exc, device)
-        cells_json[index] = asdict(cell)
-        best = fastest(cells)
+        measured.append(cell)
+        document["cells"] = [asdict(done) for done in measured]
+        best = fastest(measured)
         document["fastest"] = None if best is None else asdict(best)
         save()
         print(f"[{budget.elapsed():6.1f} s] {table([cell]).splitlines()[1]}", file=sys.stderr)
+
+    for cell in cells:
+        measure(cell, model)
+    if compiled is not None:
+        for cell in compiled_cells(cells, args.tracks):
+            measure(cell, compiled)
 
     print(json.dumps({key: document[key] for key in ("model", "environment")}, indent=2))
     print(
@@ -436,15 +456,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     if "long_track" in document:
         print(f"long track: {json.dumps(document['long_track'])}")
-    print(table(cells))
-    best = fastest(cells)
+    print(table(measured))
+    best = fastest(measured)
     if best is not None:
         print(
             f"fastest: {best.tracks} tracks, batch {best.batch_size}, {best.precision}"
             f"{', compiled' if best.compiled else ''}: {best.realtime:.1f} x realtime, "
             f"{best.vs_apply_model:.2f} x apply_model, SDR {figure(best.sdr_vs_fp32_db, 1)} dB"
         )
-    document["targets"] = targets(cells, document.get("long_track"))
+    document["targets"] = targets(measured, document.get("long_track"))
     save()
     print(f"targets (issue 17): {json.dumps(document['targets'])}")
     print(f"written to {path} in {budget.elapsed():.1f} s")

@@ -27,7 +27,7 @@ device)
         --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.log"
-    timeout 590 python3 -m benchmarks.gpu "$OUT" --device cuda --compile 2>&1 |
+    timeout 570 python3 -m benchmarks.gpu "$OUT" --device cuda --compile 2>&1 |
         tee -a "$OUT/gpu.log"
     ;;
 *)

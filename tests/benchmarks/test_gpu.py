@@ -93,3 +93,18 @@ def test_the_targets_read_sixteen_tracks_and_the_long_track() -> None:
     assert found["sixteen_tracks_vs_apply_model"] == 11.0
     assert found["long_track_speedup"] == 3.0
     assert gpu.targets([], None)["long_track_speedup"] is None
+
+
+def test_compiled_cells_take_the_fastest_batch_size_sixteen_tracks_first() -> None:
+    eager = [
+        gpu.Cell(4, 8, "bf16", False, status="done", realtime=10.0),
+        gpu.Cell(4, 16, "bf16", False, status="done", realtime=20.0),
+        gpu.Cell(16, 8, "bf16", False, status="done", realtime=40.0),
+        gpu.Cell(16, 16, "bf16", False, status="skipped"),
+        gpu.Cell(64, 8, "bf16", False, status="failed"),
+    ]
+    chosen = gpu.compiled_cells(eager, [4, 16, 64])
+    assert [(cell.tracks, cell.batch_size, cell.compiled) for cell in chosen] == [
+        (16, 8, True),
+        (4, 16, True),
+    ]
