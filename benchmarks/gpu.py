@@ -17,10 +17,13 @@ stems in SDR (worst stem, dB) against `apply_model`'s fp32 stems. First, one tra
 `--long-seconds` is timed through `apply_model` and through the engine (N = 1, the largest
 B, each precision).
 
-A global time budget bounds the run: a cell whose predicted time (its audio over the
-slowest throughput seen so far at its precision, or `apply_model`'s) would pass the
-budget is recorded as skipped. `OUT/gpu.json` is rewritten after every cell, so a run cut
-short still leaves what it measured; the table is printed at the end.
+With `--compile`, the fastest uncompiled batch size of each track count and precision is
+measured again with the networks `torch.compile`d, 16 tracks first.
+
+A global time budget bounds the run: a cell whose predicted time (`predicted_s`, plus an
+allowance for a first compile) would pass the budget is recorded as skipped.
+`OUT/gpu.json` is rewritten after every cell, so a run cut short still leaves what it
+measured; the table and issue 17's targets are printed at the end.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ from models.testing.quality import sdr_db
 MODEL = "htdemucs"
 OVERLAP = 0.25
 # HTDemucs's cost per second of audio at overlap 0.25 (7.8 s segments every 5.85 s), as
-# issue 17 states it; torch's FlopCounterMode counts fewer (it skips the STFTs), see the
-# README's "GPU benchmark".
+# issue 17 states it and sets its targets by; torch's FlopCounterMode counts less (see
+# the README's "GPU benchmark"), so the fractions here are the issue's, not a count.
 GFLOP_PER_AUDIO_S = 57.0
 # The H200's bf16 matrix product as measured on the lent machine (8192^3, random data).
 PEAK_TFLOPS = 790.0
