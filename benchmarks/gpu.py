@@ -353,14 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out", type=Path, help="folder for gpu.json")
     parser.add_argument("--device", default="cuda", help="cuda, cpu or auto (default cuda)")
-    parser.add_argument("--tracks", type=parse_sizes, default=[1, 4, 16, 64])
-    parser.add_argument("--batch-sizes", type=parse_sizes, default=[8, 16, 32, 64])
-    parser.add_argument("--precisions", type=parse_precisions, default=["bf16", "fp32"])
-    parser.add_argument("--compile", action="store_true", help="also torch.compile'd cells")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each track")
-    parser.add_argument("--long-seconds", type=float, default=180.0, help="0: no long track")
+    parser.add_argument(
+        "--tracks", type=parse_sizes, default=[1, 4, 16, 64], help="concurrent tracks per cell"
+    )
+    parser.add_argument(
+        "--batch-sizes", type=parse_sizes, default=[8, 16, 32, 64], help="windows per pass"
+    )
+    parser.add_argument(
+        "--precisions", type=parse_precisions, default=["bf16", "fp32"], help="(bf16,fp32)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="then the fastest settings torch.compile'd"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="each track (default 60)")
+    parser.add_argument(
+        "--long-seconds", type=float, default=180.0, help="the long track (180; 0: none)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="apply_model timings (median)")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S)
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help=f"seconds the whole run may take; cells past it are skipped ({DEFAULT_BUDGET_S:g})",
+    )
     parser.add_argument("--small", action="store_true", help="tiny model, for a smoke run")
     return parser
 

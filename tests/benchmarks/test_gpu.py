@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import gpu
+from tests.benchmarks.helptext import help_text
 
 LONG, NO_LONG, NO_TIME = ["--long-seconds", "2"], ["--long-seconds", "0"], ["--budget-s", "0"]
 TINY = ["--device", "cpu", "--small", "--batch-sizes", "2", "--seconds", "2", "--rounds", "1"]
@@ -104,3 +107,12 @@ def test_compiled_cells_take_the_fastest_batch_size_sixteen_tracks_first() -> No
         (16, 8, True),
         (4, 16, True),
     ]
+
+
+def test_its_help_names_every_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_text(gpu.main, monkeypatch, capsys)
+    for option in ("--tracks", "--batch-sizes", "--precisions", "--compile", "--budget-s"):
+        assert option in text
+    assert "(480)" in text
