@@ -341,6 +341,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         facts["card"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
     else:
         facts["cpu_threads"] = torch.get_num_threads()
     return facts
@@ -408,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "overlap": OVERLAP,
             "budget_s": args.budget_s,
             "gflop_per_audio_s": None if args.small else GFLOP_PER_AUDIO_S,
-            "peak_tflops": PEAK_TFLOPS,
+            "peak_tflops_bf16": PEAK_TFLOPS,
         },
         "sdr": "first track, worst stem, plain SDR against apply_model's fp32 stems",
     }
