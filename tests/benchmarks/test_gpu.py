@@ -1,5 +1,5 @@
-"""benchmarks/gpu.py on the CPU with the small model: the table's shape, finite figures,
-and the budget that skips what would not fit."""
+"""benchmarks/gpu.py on the CPU with the small model (the table's shape, finite figures,
+the budget that skips what would not fit) and benchmarks/gpu_grid.py's bookkeeping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu
+from benchmarks import gpu, gpu_grid
 from tests.benchmarks.helptext import help_text
 
 LONG, NO_LONG, NO_TIME = ["--long-seconds", "2"], ["--long-seconds", "0"], ["--budget-s", "0"]
@@ -55,11 +55,11 @@ def test_cells_past_the_budget_are_skipped(tmp_path: Path) -> None:
 
 def test_the_budget_allows_what_ends_inside_it() -> None:
     now = [100.0]
-    budget = gpu.Budget(480.0, clock=lambda: now[0])
+    budget = gpu_grid.Budget(480.0, clock=lambda: now[0])
     now[0] += 400.0
     assert budget.allows(80.0)
     assert not budget.allows(80.5)
-    assert gpu.DEFAULT_BUDGET_S == 480.0
+    assert gpu_grid.DEFAULT_BUDGET_S == 480.0
 
 
 def test_it_imports_nothing_the_gpu_machine_lacks() -> None:
@@ -71,38 +71,38 @@ def test_it_imports_nothing_the_gpu_machine_lacks() -> None:
 
 
 def test_a_prediction_reads_the_closest_finished_cells_of_its_kind() -> None:
-    done = gpu.Cell(4, 8, "bf16", False, status="done", realtime=100.0)
-    slower = gpu.Cell(4, 16, "bf16", False, status="done", realtime=50.0)
-    fewer = gpu.Cell(1, 8, "bf16", False, status="done", realtime=10.0)
-    other = gpu.Cell(16, 8, "fp32", False, status="done", realtime=1.0)
-    cell = gpu.Cell(16, 8, "bf16", False)
-    assert gpu.predicted_s(cell, [fewer, done, slower, other], 960.0, 5.0) == 960.0 / 50.0
-    assert gpu.predicted_s(cell, [other], 960.0, 5.0) == 960.0 / 5.0  # apply_model's rate
+    done = gpu_grid.Cell(4, 8, "bf16", False, status="done", realtime=100.0)
+    slower = gpu_grid.Cell(4, 16, "bf16", False, status="done", realtime=50.0)
+    fewer = gpu_grid.Cell(1, 8, "bf16", False, status="done", realtime=10.0)
+    other = gpu_grid.Cell(16, 8, "fp32", False, status="done", realtime=1.0)
+    cell = gpu_grid.Cell(16, 8, "bf16", False)
+    assert gpu_grid.predicted_s(cell, [fewer, done, slower, other], 960.0, 5.0) == 960.0 / 50.0
+    assert gpu_grid.predicted_s(cell, [other], 960.0, 5.0) == 960.0 / 5.0  # apply_model's rate
 
 
 def test_the_targets_read_sixteen_tracks_and_the_long_track() -> None:
     cells = [
-        gpu.Cell(16, 8, "bf16", False, status="done", realtime=900.0, vs_apply_model=9.0),
-        gpu.Cell(16, 16, "bf16", False, status="done", realtime=1100.0, vs_apply_model=11.0),
-        gpu.Cell(64, 8, "bf16", False, status="done", realtime=2000.0, vs_apply_model=20.0),
+        gpu_grid.Cell(16, 8, "bf16", False, status="done", realtime=900.0, vs_apply_model=9.0),
+        gpu_grid.Cell(16, 16, "bf16", False, status="done", realtime=1100.0, vs_apply_model=11.0),
+        gpu_grid.Cell(64, 8, "bf16", False, status="done", realtime=2000.0, vs_apply_model=20.0),
     ]
     long = {"seconds": 180.0, "bf16": {"speedup": 3.0}, "fp32": "skipped"}
-    found = gpu.targets(cells, long)
+    found = gpu_grid.targets(cells, long)
     assert found["sixteen_tracks_realtime"] == 1100.0
     assert found["sixteen_tracks_vs_apply_model"] == 11.0
     assert found["long_track_speedup"] == 3.0
-    assert gpu.targets([], None)["long_track_speedup"] is None
+    assert gpu_grid.targets([], None)["long_track_speedup"] is None
 
 
 def test_compiled_cells_take_the_fastest_batch_size_sixteen_tracks_first() -> None:
     eager = [
-        gpu.Cell(4, 8, "bf16", False, status="done", realtime=10.0),
-        gpu.Cell(4, 16, "bf16", False, status="done", realtime=20.0),
-        gpu.Cell(16, 8, "bf16", False, status="done", realtime=40.0),
-        gpu.Cell(16, 16, "bf16", False, status="skipped"),
-        gpu.Cell(64, 8, "bf16", False, status="failed"),
+        gpu_grid.Cell(4, 8, "bf16", False, status="done", realtime=10.0),
+        gpu_grid.Cell(4, 16, "bf16", False, status="done", realtime=20.0),
+        gpu_grid.Cell(16, 8, "bf16", False, status="done", realtime=40.0),
+        gpu_grid.Cell(16, 16, "bf16", False, status="skipped"),
+        gpu_grid.Cell(64, 8, "bf16", False, status="failed"),
     ]
-    chosen = gpu.compiled_cells(eager, [4, 16, 64])
+    chosen = gpu_grid.compiled_cells(eager, [4, 16, 64])
     assert [(cell.tracks, cell.batch_size, cell.compiled) for cell in chosen] == [
         (16, 8, True),
         (4, 16, True),
