@@ -60,7 +60,7 @@ from benchmarks.gpu_grid import (
 )
 from models.engine.batching import separate_windows
 from models.engine.devices import PRECISIONS, resolve_device
-from models.engine.gather import WindowGatherer
+from models.engine.gather import DEFAULT_WAIT_S, WindowGatherer
 from models.engine.track import normalisation, stream_track
 from models.families.demucs.family import DemucsModel
 from models.families.demucs.loading import load_model
@@ -144,16 +144,18 @@ def run_concurrent(
     batch_size: int,
     precision: str,
     device: torch.device,
+    wait_s: float = DEFAULT_WAIT_S,
 ) -> Concurrent:
     """Separate `mixes` on one thread each, their windows gathered into passes of up to
-    `batch_size` windows; only the first track's stems are kept."""
+    `batch_size` windows, a call waiting at most `wait_s` for the others' windows; only
+    the first track's stems are kept."""
 
     def forward(
         _model: str, windows: Sequence[torch.Tensor], sources: Sequence[str]
     ) -> list[torch.Tensor]:
         return separate_windows(model, windows, sources=sources, device=device, precision=precision)
 
-    gatherer = WindowGatherer(forward, max_windows=batch_size)
+    gatherer = WindowGatherer(forward, max_windows=batch_size, wait_s=wait_s)
     # Each thread offers its share of a pass, so that N tracks fill a pass of B windows.
     per_track = max(1, math.ceil(batch_size / len(mixes)))
     # The tracks' own torch work (windows, overlap-add) shares the cores, not each all of them.
@@ -294,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGET_S,
         help=f"seconds the whole run may take; cells past it are skipped ({DEFAULT_BUDGET_S:g})",
     )
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help=f"longest wait of a track's windows for others' ({DEFAULT_WAIT_S:g}, as a batch)",
+    )
     parser.add_argument("--small", action="store_true", help="tiny model, for a smoke run")
     return parser
 
@@ -325,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "seconds": args.seconds,
             "overlap": OVERLAP,
             "budget_s": args.budget_s,
+            "wait_s": args.wait_s,
             "gflop_per_audio_s": None if args.small else GFLOP_PER_AUDIO_S,
             "peak_tflops_bf16": PEAK_TFLOPS,
         },
@@ -365,7 +374,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             try:
                 warm_up(chosen, cell.batch_size, cell.precision, device, warmed)
                 run = run_concurrent(
-                    chosen, mixes[: cell.tracks], cell.batch_size, cell.precision, device
+                    chosen,
+                    mixes[: cell.tracks],
+                    cell.batch_size,
+                    cell.precision,
+                    device,
+                    args.wait_s,
                 )
                 fill(cell, run, audio_s, apply_rate, args.small)
                 cell.sdr_vs_fp32_db = worst_sdr(reference, run.first_stems)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu, gpu_grid
+from models.engine.gather import DEFAULT_WAIT_S
 from tests.benchmarks.helptext import help_text
 
 LONG, NO_LONG, NO_TIME = ["--long-seconds", "2"], ["--long-seconds", "0"], ["--budget-s", "0"]
@@ -19,7 +20,11 @@ TINY = ["--device", "cpu", "--small", "--batch-sizes", "2", "--seconds", "2", "-
 
 
 def test_a_tiny_run_writes_every_cell_with_finite_sdr(tmp_path: Path) -> None:
-    document = gpu.main([str(tmp_path), *TINY, "--tracks", "2", "--precisions", "fp32,bf16", *LONG])
+    # A wait longer than the run: each pass waits for both tracks, however loaded the CPU.
+    patient = ["--wait-s", "600"]
+    document = gpu.main(
+        [str(tmp_path), *TINY, "--tracks", "2", "--precisions", "fp32,bf16", *LONG, *patient]
+    )
     written = json.loads((tmp_path / "gpu.json").read_text())
     assert written["cells"] == document["cells"]
     fp32, bf16 = cells = written["cells"]
@@ -116,3 +121,5 @@ def test_its_help_names_every_option(
     for option in ("--tracks", "--batch-sizes", "--precisions", "--compile", "--budget-s"):
         assert option in text
     assert "(480)" in text
+    assert "--wait-s" in text
+    assert f"({DEFAULT_WAIT_S:g}," in text
