@@ -49,6 +49,7 @@ from models.run import EngineOptions, TrackJob
 from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
+from serve_app.deployments.payload import from_payload, to_payload
 from serve_app.deployments.separator import ModelStatus, SegmentJob
 from serve_app.http.wire import StemLinks, conversion, credits
 from serve_app.outbound.fetch import FetchError, fetch_audio
@@ -111,7 +112,9 @@ class RemoteModels:
         handle = self.separators[model]
 
         def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
-            jobs = [SegmentJob(window, tuple(sources), self.task_id) for window in windows]
+            jobs = [
+                SegmentJob(to_payload(window), tuple(sources), self.task_id) for window in windows
+            ]
             responses = [handle.separate.remote(job) for job in jobs]
             return [
                 self._result(handle, job, response)
@@ -125,7 +128,7 @@ class RemoteModels:
         A segment is a pure function of its window, so running it twice changes nothing."""
         what = f"task {self.task_id}: a Separator's segment"
         output = replicas.result(lambda: handle.separate.remote(job), what, sent=response)
-        return cast(torch.Tensor, output)
+        return from_payload(output)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from models.errors import ModelMissingError, ModelUnavailableError
 from models.families import family
 from models.stems.routing import ModelEntry
 from serve_app.deployments import metrics
+from serve_app.deployments.payload import SamplesPayload, from_payload, to_payload
 from serve_app.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
@@ -54,7 +55,7 @@ def separator_name(model: str) -> str:
 class SegmentJob:
     """One model window of one task, for the named model sources."""
 
-    window: torch.Tensor  # (channels, window_length), normalised as the engine does
+    window: SamplesPayload  # (channels, window_length), normalised as the engine does
     sources: tuple[str, ...]
     task_id: str
 
@@ -193,13 +194,13 @@ class Separator:
         _, geometry = await self._loaded()
         return geometry.window_length(length)
 
-    async def separate(self, job: SegmentJob) -> torch.Tensor:
+    async def separate(self, job: SegmentJob) -> SamplesPayload:
         """The (sources, channels, window_length) output of one segment."""
         await self._loaded()
         return await self.run_batch(job)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_WAIT_S)
-    async def run_batch(self, jobs: list[SegmentJob]) -> list[torch.Tensor]:
+    async def run_batch(self, jobs: list[SegmentJob]) -> list[SamplesPayload]:
         """One forward pass per distinct source list over the gathered segments."""
         loaded, _ = await self._loaded()
         tasks = len({job.task_id for job in jobs})
@@ -208,7 +209,7 @@ class Separator:
         self.tasks_per_batch[tasks] += 1
         metrics.batch_size().observe(len(jobs), tags={"model": self.model})
         metrics.batch_tasks().observe(tasks, tags={"model": self.model})
-        results: list[torch.Tensor | None] = [None] * len(jobs)
+        results: list[SamplesPayload | None] = [None] * len(jobs)
         groups: dict[tuple[str, ...], list[int]] = {}
         for position, job in enumerate(jobs):
             groups.setdefault(job.sources, []).append(position)
@@ -218,13 +219,13 @@ class Separator:
                 self.threads,
                 separate_windows,
                 loaded,
-                [jobs[position].window for position in positions],
+                [from_payload(jobs[position].window) for position in positions],
                 sources=sources,
                 device=self.device,
                 precision=self.precision,
             )
             for position, output in zip(positions, outputs, strict=True):
-                results[position] = output
+                results[position] = to_payload(output)
         return [result for result in results if result is not None]
 
     def batch_stats(self) -> dict[str, Any]:
