@@ -8,19 +8,7 @@ import threading
 import pytest
 
 from models.stages import NO_CLOCK, StageClock, describe, shares
-
-
-class FakeTime:
-    """A time source that moves only when told, per thread alike."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.models.faketime import FakeTime
 
 
 def test_nested_stage_pauses_the_outer_one() -> None:
