@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.preprocess.steps import preprocess
+from models.stages import STAGES
 from models.stems.catalogue import ADDING_A_MODEL, ALL_STEMS, NO_PUBLIC_MODEL
 from serve_app.app import separator_name
 from serve_app.outbound.webhooks import verify
@@ -142,6 +143,7 @@ def check_stage_totals(
         stage: seconds - stages_before["seconds"].get(stage, 0.0)
         for stage, seconds in stages["seconds"].items()
     }
+    assert set(grown) <= set(STAGES)
     for stage in ("fetch", "decode", "model", "overlap_add", "encode", "store"):
         assert grown.get(stage, 0.0) > 0, (stage, grown)
     forward_s = batches["forward_s"] - batches_before["forward_s"]
