@@ -1,6 +1,6 @@
 """The local command line: separate a file into stems, fetch checkpoints, write test models.
 
-    python -m models separate song.mp3 --stems vocals,drums --out stems/
+    python -m models separate song.mp3 --stems vocals,drums --out stems/ [--timings]
     python -m models preprocess song.mp3 --steps Denoise,Dereverb --out clean.wav
     python -m models fetch --all --model-dir models/ --accept-licence CC-BY-NC-4.0
     python -m models make-test-model DIR --like htdemucs_6s --small
@@ -28,6 +28,7 @@ from models.families.demucs.testmodel import LAYOUTS, RECIPES, make_test_model
 from models.preprocess.catalogue import STEPS, parse_steps
 from models.preprocess.steps import preprocess
 from models.run import EngineOptions, ModelStore, check_format, separate_file
+from models.stages import NO_CLOCK, OTHER, StageClock, describe
 from models.stems.catalogue import ALL_STEMS, DEFAULT_STEMS
 from models.stems.routing import DEFAULT_ROUTING_PATH, load_routing
 from models.testing.models import DEFAULT_CONFIGS, write_test_models
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DecodeLimits().max_duration_s,
         help="refuse inputs longer than this many seconds (default: %(default)s)",
+    )
+    separate.add_argument(
+        "--timings",
+        action="store_true",
+        help="print to stderr where the time went: seconds and share of each stage",
     )
 
     clean = commands.add_parser(
@@ -223,7 +229,11 @@ def _separate(args: argparse.Namespace) -> int:
     )
     stems = _names(args.stems)
     limits = DecodeLimits(max_duration_s=args.max_duration)
-    with tqdm(total=100, unit="%", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+    clock = StageClock() if args.timings else NO_CLOCK
+    with (
+        clock.stage(OTHER),
+        tqdm(total=100, unit="%", disable=not sys.stderr.isatty(), file=sys.stderr) as bar,
+    ):
 
         def on_progress(fraction: float) -> None:
             bar.update(round(fraction * 100) - bar.n)
@@ -239,7 +249,10 @@ def _separate(args: argparse.Namespace) -> int:
             preprocessing=_names(args.preprocess),
             on_progress=on_progress,
             on_warning=_warn,
+            clock=clock,
         )
+    if args.timings:
+        print(f"timings: {describe(clock.totals())}", file=sys.stderr)
     for path in paths.values():
         print(path)
     return 0

@@ -41,6 +41,18 @@ from models.families import family
 from models.preprocess.catalogue import parse_steps
 from models.preprocess.steps import preprocess
 from models.preprocess.trained import clean_with_model
+from models.stages import (
+    DECODE,
+    DERIVE,
+    ENCODE,
+    LOAD,
+    MODEL,
+    NO_CLOCK,
+    OTHER,
+    PREPROCESS,
+    RESAMPLE,
+    StageClock,
+)
 from models.stems.catalogue import MIXTURE
 from models.stems.derive import Combination, expand
 from models.stems.planner import Pass, Plan, make_plan
@@ -106,11 +118,12 @@ class PassModels(Protocol):
 @dataclass
 class LocalModels:
     """The models of a `ModelStore`, run in this process on `device` in `precision` (one of
-    engine.PRECISIONS: `auto` is resolved by then)."""
+    engine.PRECISIONS: `auto` is resolved by then); `clock` counts their loading as LOAD."""
 
     store: ModelStore
     device: torch.device
     precision: str = "fp32"
+    clock: StageClock = NO_CLOCK
 
     @property
     def routing(self) -> Routing:
@@ -119,11 +132,11 @@ class LocalModels:
 
     def geometry(self, model: str) -> Geometry:
         """The geometry of the loaded model."""
-        return self.store.get(model).geometry
+        return self._loaded(model).geometry
 
     def runner(self, model: str) -> WindowRunner:
         """`separate_windows` on the loaded model."""
-        loaded = self.store.get(model)
+        loaded = self._loaded(model)
 
         def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
             return separate_windows(
@@ -131,6 +144,12 @@ class LocalModels:
             )
 
         return run
+
+    def _loaded(self, model: str) -> SeparationModel:
+        if model in self.store.loaded:
+            return self.store.loaded[model]
+        with self.clock.stage(LOAD):
+            return self.store.get(model)
 
 
 Clean = Callable[[Samples, int, tuple[str, ...]], Samples]
@@ -192,28 +211,34 @@ class TrackJob:
         options: EngineOptions = EngineOptions(),
         on_progress: Progress | None = None,
         on_warning: Callable[[str], None] | None = None,
+        clock: StageClock = NO_CLOCK,
     ) -> Separated:
         """Decode `source` within `limits`, check that the format can hold it, clean it
         (trained steps on `models`, the others with `clean`), and write each stem of the
         plan to `out_dir/<stem>.<fmt>` with `models`. Progress counts each trained step
         and each pass alike. `on_warning` hears each warning about the input
-        (models/audio/integrity.py), such as it being shorter than its header declares."""
-        track = decode(source, limits or DecodeLimits())
+        (models/audio/integrity.py), such as it being shorter than its header declares.
+        `clock` hears where the time goes (models/stages.py)."""
+        with clock.stage(DECODE):
+            track = decode(source, limits or DecodeLimits())
         if on_warning is not None:
             for warning in track.warnings:
                 on_warning(warning)
         check_format(self.fmt, track)
         units = len(self.trained) + len(self.plan.passes)
+        progress = None if on_progress is None else clock.timed(OTHER, on_progress)
 
         def report(done: int, fraction: float) -> None:
-            if on_progress is not None:
-                on_progress((done + fraction) / units)
+            if progress is not None:
+                progress((done + fraction) / units)
 
         for steps in self._stages():
-            if steps[0] in self.trained:
-                samples = self._trained_step(track, steps[0], models, options, report)
-            else:
-                samples = clean(track.samples, track.sample_rate, steps)
+            with clock.stage(PREPROCESS):
+                if steps[0] in self.trained:
+                    runner = clock.timed(MODEL, models.runner(steps[0]))
+                    samples = self._trained_step(track, steps[0], models, runner, options, report)
+                else:
+                    samples = clean(track.samples, track.sample_rate, steps)
             # Rebinding `track` lets the uncleaned samples go before the next stage.
             track = replace(track, samples=samples)
         paths = write_stems(
@@ -226,6 +251,7 @@ class TrackJob:
             on_progress=lambda fraction: report(
                 len(self.trained), fraction * len(self.plan.passes)
             ),
+            clock=clock,
         )
         return Separated(paths, track.duration_s, track.warnings)
 
@@ -234,11 +260,12 @@ class TrackJob:
         track: Track,
         step: str,
         models: PassModels,
+        runner: WindowRunner,
         options: EngineOptions,
         report: Callable[[int, float], None],
     ) -> Samples:
-        """The track's samples after `step` on its trained model; `report(n, fraction)`
-        hears how far the n-th trained step is."""
+        """The track's samples after `step` on its trained model, run by `runner`;
+        `report(n, fraction)` hears how far the n-th trained step is."""
         number = self.trained.index(step)
 
         def step_progress(done: int, total: int) -> None:
@@ -247,7 +274,7 @@ class TrackJob:
         return clean_with_model(
             track,
             models.geometry(step),
-            models.runner(step),
+            runner,
             models.routing.preprocessing[step].output,
             batch_size=options.batch_size,
             overlap=options.overlap,
@@ -280,22 +307,24 @@ def separate_file(
     preprocessing: Sequence[str] | None = None,
     on_progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> dict[str, Path]:
     """Separate an audio file into `stems`, after the named preprocessing steps, with
     every model in this process; return the written file of each stem. See
-    `TrackJob.run` for `on_warning`."""
+    `TrackJob.run` for `on_warning` and `clock`; loading the models counts as LOAD."""
     store = store or ModelStore(load_routing())
     job = TrackJob.of(stems, store.routing, fmt=fmt, preprocessing=preprocessing)
     device = resolve_device(options.device)
     separated = job.run(
         source,
-        LocalModels(store, device, resolve_precision(options.precision, device)),
+        LocalModels(store, device, resolve_precision(options.precision, device), clock),
         out_dir,
         limits=limits,
         clean=functools.partial(preprocess, device=device.type),
         options=options,
         on_progress=on_progress,
         on_warning=on_warning,
+        clock=clock,
     )
     return separated.paths
 
@@ -309,23 +338,28 @@ def write_stems(
     fmt: str = "wav",
     options: EngineOptions = EngineOptions(),
     on_progress: Progress | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> dict[str, Path]:
     """Run `plan` on a decoded (and cleaned) track and write each stem to
-    `out_dir/<stem>.<fmt>`; on any failure no file of this run is left."""
+    `out_dir/<stem>.<fmt>`; on any failure no file of this run is left. `clock` hears
+    where the time goes (models/stages.py)."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {stem: folder / f"{stem}.{fmt}" for stem in plan.stems}
     encoders: dict[str, StemEncoder] = {}
     try:
-        for stem, path in paths.items():
-            encoders[stem] = StemEncoder(
-                path,
-                fmt,
-                sample_rate=track.sample_rate,
-                channels=track.channels,
-                layout=track.layout,
-            )
-        run_plan(plan, track, models, encoders, options=options, on_progress=on_progress)
+        with clock.stage(ENCODE):
+            for stem, path in paths.items():
+                encoders[stem] = StemEncoder(
+                    path,
+                    fmt,
+                    sample_rate=track.sample_rate,
+                    channels=track.channels,
+                    layout=track.layout,
+                )
+        run_plan(
+            plan, track, models, encoders, options=options, on_progress=on_progress, clock=clock
+        )
     except BaseException:
         # A half-written stem is worse than none: remove every file of this run.
         for encoder in encoders.values():
@@ -333,8 +367,9 @@ def write_stems(
         for path in paths.values():
             path.unlink(missing_ok=True)
         raise
-    for encoder in encoders.values():
-        encoder.close()
+    with clock.stage(ENCODE):
+        for encoder in encoders.values():
+            encoder.close()
     return paths
 
 
@@ -354,12 +389,13 @@ def run_plan(
     *,
     options: EngineOptions = EngineOptions(),
     on_progress: Progress | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> None:
     """Run every pass of `plan` on `track`, writing requested stems to `encoders`.
 
     A derived stem whose model stems all come from one pass is computed beside them,
     block by block; one that draws on several passes is summed into a whole-track
-    array as the passes go and written at the end.
+    array as the passes go and written at the end. `clock` hears where the time goes.
     """
     cascade_inputs = {step.input for step in plan.passes if step.input != MIXTURE}
     pass_of = {stem: number for number, step in enumerate(plan.passes) for stem in step.outputs}
@@ -382,12 +418,20 @@ def run_plan(
         if step.input == MIXTURE:
             domain = (geometry.samplerate, geometry.audio_channels)
             if domain not in mixtures:
-                mixtures[domain] = torch.from_numpy(to_model_input(track, *domain))
+                with clock.stage(RESAMPLE):
+                    mixtures[domain] = torch.from_numpy(to_model_input(track, *domain))
             mix = mixtures[domain]
         else:
             mix = held[step.input]
         writer = _PassWriter(
-            step, track, geometry, encoders, streamed.get(number, []), summed, cascade_inputs
+            step,
+            track,
+            geometry,
+            encoders,
+            streamed.get(number, []),
+            summed,
+            cascade_inputs,
+            clock,
         )
 
         def report(done: int, total: int, number: int = number) -> None:
@@ -406,12 +450,14 @@ def run_plan(
             shifts=options.shifts,
             seed=options.seed,
             on_progress=report,
+            clock=clock,
         )
         writer.finish()
         held.update(writer.held())
-    for name, (_combination, samples) in summed.items():
-        for start in range(0, track.frames, WRITE_BLOCK):
-            encoders[name].write(samples[:, start : start + WRITE_BLOCK])
+    with clock.stage(ENCODE):
+        for name, (_combination, samples) in summed.items():
+            for start in range(0, track.frames, WRITE_BLOCK):
+                encoders[name].write(samples[:, start : start + WRITE_BLOCK])
 
 
 class _PassWriter:
@@ -427,8 +473,10 @@ class _PassWriter:
         streamed: Sequence[Combination],
         summed: Mapping[str, tuple[Combination, Samples]],
         cascade_inputs: set[str],
+        clock: StageClock = NO_CLOCK,
     ) -> None:
         self.step = step
+        self.clock = clock
         self.track = track
         self.encoders = encoders
         self.streamed = streamed
@@ -457,18 +505,23 @@ class _PassWriter:
         converted = {}
         for index, stem in enumerate(self.step.outputs):
             if stem in self.blocks:
-                self.blocks[stem].append(block[index].clone())
+                with self.clock.stage(DERIVE):
+                    self.blocks[stem].append(block[index].clone())
             if stem in self.converters:
-                converted[stem] = self.converters[stem].push(block[index].numpy())
+                with self.clock.stage(RESAMPLE):
+                    converted[stem] = self.converters[stem].push(block[index].numpy())
         self._emit(converted)
 
     def finish(self) -> None:
         """Flush the converters so every stem has exactly the input's length."""
-        self._emit({stem: converter.finish() for stem, converter in self.converters.items()})
+        with self.clock.stage(RESAMPLE):
+            flushed = {stem: converter.finish() for stem, converter in self.converters.items()}
+        self._emit(flushed)
 
     def held(self) -> dict[str, torch.Tensor]:
         """Whole model-domain stems that later passes take as input."""
-        return {stem: torch.cat(blocks, dim=-1) for stem, blocks in self.blocks.items()}
+        with self.clock.stage(DERIVE):
+            return {stem: torch.cat(blocks, dim=-1) for stem, blocks in self.blocks.items()}
 
     def _emit(self, converted: dict[str, Samples]) -> None:
         if not converted:
@@ -479,13 +532,15 @@ class _PassWriter:
         count = frames.pop()
         span = slice(self.position, self.position + count)
         mixture = self.track.samples[:, span]
-        for combination in self.streamed:
-            converted[combination.name] = combination.apply(converted, mixture)
-        for combination, samples in self.summed.values():
-            for stem, coefficient in combination.terms:
-                if stem in converted and stem != MIXTURE:
-                    samples[:, span] += coefficient * converted[stem]
-        for stem, piece in converted.items():
-            if stem in self.encoders:
-                self.encoders[stem].write(piece)
+        with self.clock.stage(DERIVE):
+            for combination in self.streamed:
+                converted[combination.name] = combination.apply(converted, mixture)
+            for combination, samples in self.summed.values():
+                for stem, coefficient in combination.terms:
+                    if stem in converted and stem != MIXTURE:
+                        samples[:, span] += coefficient * converted[stem]
+        with self.clock.stage(ENCODE):
+            for stem, piece in converted.items():
+                if stem in self.encoders:
+                    self.encoders[stem].write(piece)
         self.position += count

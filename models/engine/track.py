@@ -25,6 +25,7 @@ import torch
 from models.engine.batching import SeparationModel, separate_windows
 from models.engine.geometry import Geometry
 from models.engine.overlap import OverlapAdd
+from models.stages import MODEL, NO_CLOCK, OVERLAP_ADD, StageClock
 
 BlockSink = Callable[[int, torch.Tensor], None]
 # Runs model windows for the named sources; returns one (sources, channels, length)
@@ -78,6 +79,7 @@ def stream_track(
     shifts: int = 0,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    clock: StageClock = NO_CLOCK,
 ) -> None:
     """Separate one track (channels, frames) in the model's domain, `batch_size` windows
     at a time through `run`.
@@ -86,29 +88,33 @@ def stream_track(
     stems are scaled back.
     Calls `on_block(start, block)` with consecutive blocks of shape
     (len(sources), channels, n) that together cover the track exactly once.
+    `clock` counts the calls of `run` as MODEL and the rest as OVERLAP_ADD, but for the
+    stages that `on_block` and `on_progress` open themselves.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     names = tuple(geometry.sources) if sources is None else tuple(sources)
     frames = mix.shape[-1]
-    tiling = geometry.tiling
-    tiles = tiling.tile(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
-    cuts = tiles.cuts
-    mean, scale = normalisation(mix) if tiling.normalise else (0.0, 1.0)
-    accumulator = OverlapAdd(len(names), mix.shape[0], frames)
-    for first in range(0, len(cuts), batch_size):
-        batch = cuts[first : first + batch_size]
-        windows = [tiles.window(mix, cut, mean, scale) for cut in batch]
-        outputs = run(windows, names)
-        for cut, output in zip(batch, outputs, strict=True):
-            accumulator.add(cut, tiles.trim(output, cut) * tiles.weight(cut))
-        following = first + batch_size
-        upto = cuts[following].start if following < len(cuts) else frames
-        if upto > accumulator.done:
-            start = accumulator.done
-            on_block(start, accumulator.release(upto) * scale + mean)
-        if on_progress is not None:
-            on_progress(min(following, len(cuts)), len(cuts))
+    run = clock.timed(MODEL, run)
+    with clock.stage(OVERLAP_ADD):
+        tiling = geometry.tiling
+        tiles = tiling.tile(frames, geometry, overlap=overlap, shifts=shifts, seed=seed)
+        cuts = tiles.cuts
+        mean, scale = normalisation(mix) if tiling.normalise else (0.0, 1.0)
+        accumulator = OverlapAdd(len(names), mix.shape[0], frames)
+        for first in range(0, len(cuts), batch_size):
+            batch = cuts[first : first + batch_size]
+            windows = [tiles.window(mix, cut, mean, scale) for cut in batch]
+            outputs = run(windows, names)
+            for cut, output in zip(batch, outputs, strict=True):
+                accumulator.add(cut, tiles.trim(output, cut) * tiles.weight(cut))
+            following = first + batch_size
+            upto = cuts[following].start if following < len(cuts) else frames
+            if upto > accumulator.done:
+                start = accumulator.done
+                on_block(start, accumulator.release(upto) * scale + mean)
+            if on_progress is not None:
+                on_progress(min(following, len(cuts)), len(cuts))
 
 
 def collect_track(

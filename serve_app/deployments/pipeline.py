@@ -46,6 +46,7 @@ from models.engine.geometry import Geometry
 from models.engine.track import WindowRunner
 from models.errors import ModelUnavailableError, SeparationError
 from models.run import EngineOptions, TrackJob
+from models.stages import FETCH, OTHER, STORE, StageClock, describe
 from models.stems.routing import Routing
 from serve_app.deployments import metrics, replicas
 from serve_app.deployments.health import STATE_TIMEOUT_S, model_state
@@ -177,6 +178,9 @@ class Pipeline:
         self.lost: dict[str, asyncio.Event] = {}  # set when a running task's lease is gone
         self.wakeup = asyncio.Event()
         self.space_note: str | None = None  # why no new task is taken, while disk is short
+        self.stage_seconds = StageClock()  # of every task completed by this replica
+        self.stage_tasks = 0
+        self.stage_audio_s = 0.0
         self.loop = asyncio.get_running_loop().create_task(self._claim_loop())
 
     async def wake(self) -> None:
@@ -203,6 +207,16 @@ class Pipeline:
     async def running_tasks(self) -> list[str]:
         """Ids of the tasks this replica is working on."""
         return sorted(self.running)
+
+    async def stage_totals(self) -> dict[str, Any]:
+        """Where the time of the tasks this replica completed went: wall seconds per stage
+        (models/stages.py; `model` is the wait for Separator answers, forward pass,
+        transfer and queueing together), the tasks counted and their audio seconds."""
+        return {
+            "seconds": self.stage_seconds.totals(),
+            "tasks": self.stage_tasks,
+            "audio_s": self.stage_audio_s,
+        }
 
     async def _claim_loop(self) -> None:
         while True:
@@ -365,14 +379,17 @@ class Pipeline:
         job = TrackJob.of(
             spec.stems, self.routing, fmt=spec.output_format, preprocessing=spec.preprocessing
         )
+        started = time.perf_counter()
+        clock = StageClock()
         await self._await_models(record, job.models, lost)
         folder.mkdir(parents=True, exist_ok=True)
-        if spec.input_key is not None:
-            source = await asyncio.to_thread(local_file, self.blobs, spec.input_key, folder)
-        else:
-            assert spec.audio_url is not None
-            source = folder / "input"
-            await fetch_audio(spec.audio_url, source, self.args.fetch, policy=self.outbound)
+        with clock.stage(FETCH):
+            if spec.input_key is not None:
+                source = await asyncio.to_thread(local_file, self.blobs, spec.input_key, folder)
+            else:
+                assert spec.audio_url is not None
+                source = folder / "input"
+                await fetch_audio(spec.audio_url, source, self.args.fetch, policy=self.outbound)
         options = EngineOptions(
             batch_size=self.settings.segments_in_flight,
             overlap=self.args.engine.overlap,
@@ -394,12 +411,14 @@ class Pipeline:
             options=options,
             on_progress=_ProgressWriter(self.store.tasks, record.task_id, self.worker, lost),
             on_warning=warn,
+            clock=clock,
         )
         results = {}
-        for stem, path in separated.paths.items():
-            key = stem_key(record.task_id, stem, spec.output_format)
-            await asyncio.to_thread(self.blobs.put_file, key, path)
-            results[stem] = key
+        with clock.stage(STORE):
+            for stem, path in separated.paths.items():
+                key = stem_key(record.task_id, stem, spec.output_format)
+                await asyncio.to_thread(self.blobs.put_file, key, path)
+                results[stem] = key
         final = await asyncio.to_thread(
             self.store.tasks.complete,
             record.task_id,
@@ -412,7 +431,20 @@ class Pipeline:
         )
         if final is None:
             raise LeaseLostError()
+        self._count_stages(record.task_id, clock, time.perf_counter() - started, final)
         return final
+
+    def _count_stages(
+        self, task_id: str, clock: StageClock, wall_s: float, final: TaskRecord
+    ) -> None:
+        """Log where a completed task's time went and add it to the replica's totals; the
+        wall time no stage claimed (waiting for models, database writes) counts as other."""
+        seconds = clock.totals()
+        seconds[OTHER] = seconds.get(OTHER, 0.0) + max(0.0, wall_s - sum(seconds.values()))
+        logger.info("task %s: stages: %s", task_id, describe(seconds), extra={"task_id": task_id})
+        self.stage_seconds.add(seconds)
+        self.stage_tasks += 1
+        self.stage_audio_s += final.duration_s or 0.0
 
 
 class _ProgressWriter:

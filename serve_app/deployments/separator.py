@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -111,6 +112,8 @@ class Separator:
         self.precision = resolve_precision(engine.precision, self.device)
         self.threads = use_threads(engine.threads)
         self.batches = 0
+        self.windows = 0
+        self.forward_s = 0.0  # wall seconds in separate_windows, this replica's model time
         self.sizes: Counter[int] = Counter()
         self.tasks_per_batch: Counter[int] = Counter()
         self.loaded: SeparationModel | None = None
@@ -205,6 +208,7 @@ class Separator:
         loaded, _ = await self._loaded()
         tasks = len({job.task_id for job in jobs})
         self.batches += 1
+        self.windows += len(jobs)
         self.sizes[len(jobs)] += 1
         self.tasks_per_batch[tasks] += 1
         metrics.batch_size().observe(len(jobs), tags={"model": self.model})
@@ -214,6 +218,7 @@ class Separator:
         for position, job in enumerate(jobs):
             groups.setdefault(job.sources, []).append(position)
         for sources, positions in groups.items():
+            started = time.perf_counter()
             outputs = await asyncio.to_thread(
                 with_threads,
                 self.threads,
@@ -224,16 +229,20 @@ class Separator:
                 device=self.device,
                 precision=self.precision,
             )
+            self.forward_s += time.perf_counter() - started
             for position, output in zip(positions, outputs, strict=True):
                 results[position] = to_payload(output)
         return [result for result in results if result is not None]
 
     def batch_stats(self) -> dict[str, Any]:
         """Counts of batch sizes and of distinct tasks per batch since the replica started,
-        and the threads torch computes on in this replica."""
+        the windows run and the wall seconds of their forward passes (`forward_s`), and the
+        threads torch computes on in this replica."""
         return {
             "torch_threads": torch.get_num_threads(),
             "batches": self.batches,
+            "windows": self.windows,
+            "forward_s": self.forward_s,
             "sizes": dict(self.sizes),
             "tasks_per_batch": dict(self.tasks_per_batch),
         }

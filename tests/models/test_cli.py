@@ -6,6 +6,7 @@ import argparse
 import fcntl
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from models.audio.decode import decode
 from models.audio.encode import StemEncoder
 from models.cli import build_parser, main
 from models.engine.devices import REQUESTED_PRECISIONS
+from models.stages import STAGES
 
 
 @pytest.fixture
@@ -214,3 +216,25 @@ def test_a_truncated_input_is_processed_with_a_warning_on_stderr(
     assert len(lines) == 1
     assert lines[0].startswith("warning: the input is shorter than its header declares: ")
     assert lines[0].endswith(" of the 1.0 s declared; the stems cover the decoded part")
+
+
+def test_separate_timings_name_every_stage(
+    song: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        ["separate", str(song), "--stems", "vocals,instrumental", "--out", str(tmp_path / "o"),
+         "--preprocess", "Denoise", "--model-dir", str(model_dir), "--no-hub", "--timings"]
+    )  # fmt: skip
+    assert status == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("timings")]
+    assert len(lines) == 1, lines
+    total, stages = re.fullmatch(r"timings: ([0-9.]+) s: (.*)", lines[0]).groups()  # type: ignore[union-attr]
+    seconds, shares = {}, {}
+    for part in stages.split(", "):
+        name, value, share = re.fullmatch(r"(\w+) ([0-9.]+) s \(([0-9.]+) %\)", part).groups()  # type: ignore[union-attr]
+        seconds[name], shares[name] = float(value), float(share) / 100
+    # The input is at 48 kHz, the model at 44.1 kHz: resampling is a stage of its own.
+    assert set(seconds) == set(STAGES) - {"fetch", "store"}  # those two are the service's
+    assert seconds["model"] > 0  # the others may round to 0.000 on so short an input
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.01)
+    assert sum(seconds.values()) == pytest.approx(float(total), abs=0.01)

@@ -3,7 +3,8 @@ source, run as a pass is; steps without a routed model keep their DSP."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ import torch
 from models.audio.decode import decode
 from models.audio.encode import StemEncoder
 from models.audio.samples import Samples
-from models.engine.track import collect_track
+from models.engine.geometry import Geometry
+from models.engine.track import WindowRunner, collect_track
 from models.errors import ModelMissingError
 from models.run import LocalModels, ModelStore, TrackJob, separate_file, write_stems
-from models.stems.routing import parse_routing
+from models.stages import StageClock
+from models.stems.routing import Routing, parse_routing
 from models.testing.synth import render_music
+from tests.models.faketime import FakeTime
 from tests.models.stepmodels import CLEANED, routing_document, write_models
 
 RATE = 44100
@@ -128,3 +132,49 @@ def test_a_routed_step_without_weights_fails_naming_it(song: Path, tmp_path: Pat
     with pytest.raises(ModelMissingError, match="model 'Dereverb'"):
         separate_file(song, ["vocals"], tmp_path / "out", store=empty, preprocessing=["Dereverb"])
     assert not (tmp_path / "out").exists()
+
+
+@dataclass
+class TimedModels:
+    """Local models whose every runner call takes one second of a fake time source, and
+    nothing else takes any."""
+
+    inner: LocalModels
+    time: FakeTime
+    calls: int = 0
+
+    @property
+    def routing(self) -> Routing:
+        return self.inner.routing
+
+    def geometry(self, model: str) -> Geometry:
+        return self.inner.geometry(model)
+
+    def runner(self, model: str) -> WindowRunner:
+        run = self.inner.runner(model)
+
+        def timed(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
+            self.calls += 1
+            self.time.advance(1.0)
+            return run(windows, sources)
+
+        return timed
+
+
+def test_every_forward_counts_as_model_time_the_trained_steps_too(
+    folder: Path, song: Path, tmp_path: Path
+) -> None:
+    trained = store(folder)
+    time = FakeTime()
+    models = TimedModels(LocalModels(trained, torch.device("cpu")), time)
+    clock = StageClock(time)
+    job = TrackJob.of(["vocals"], trained.routing, preprocessing=["Dereverb"])
+    job.run(song, models, tmp_path / "stems", clock=clock, on_progress=lambda _fraction: None)
+    seconds = clock.totals()
+    # The passes and the trained step both ran windows; only the forwards took time.
+    assert models.calls >= 2
+    assert {stage: value for stage, value in seconds.items() if value} == {
+        "model": float(models.calls)
+    }
+    stages = {"decode", "preprocess", "resample", "overlap_add", "encode", "other"}
+    assert stages <= set(seconds)

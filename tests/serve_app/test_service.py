@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import ray
 import requests
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from models.preprocess.steps import preprocess
+from models.stages import STAGES
 from models.stems.catalogue import ADDING_A_MODEL, ALL_STEMS, NO_PUBLIC_MODEL
 from serve_app.app import separator_name
 from serve_app.outbound.webhooks import verify
@@ -83,6 +86,10 @@ def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Re
     write_song(flac, 4.0, seed=3, fmt="flac")
     recorder.files["/song.flac"] = flac.read_bytes()
     before = len(recorder.posts)
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=APP)
+    separator = serve.get_deployment_handle(separator_name("htdemucs_6s"), app_name=APP)
+    stages_before = pipeline.stage_totals.remote().result()
+    batches_before = separator.batch_stats.remote().result()
     answer = submit(
         service,
         audio_url=f"{recorder.url}/song.flac",
@@ -96,6 +103,7 @@ def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Re
     conversion = wait_final(service, created["task_id"])
     assert conversion["status"] == "COMPLETED", conversion["status_msg"]
     assert conversion["duration_s"] == 4.0
+    check_stage_totals(pipeline, separator, stages_before, batches_before, audio_s=4.0)
     files = download_all(service, conversion)
     original = samples_of(flac.read_bytes())
     total = samples_of(files["vocals"]) + samples_of(files["instrumental"])
@@ -115,6 +123,32 @@ def test_audio_url_and_signed_webhook(service: Service, song: Path, recorder: Re
     assert report[0]["webhook_id"] == headers["webhook-id"]
     assert report[0]["state"] == "DELIVERED"
     assert [attempt["status_code"] for attempt in report[0]["attempts"]] == [204]
+
+
+def check_stage_totals(
+    pipeline: DeploymentHandle,
+    separator: DeploymentHandle,
+    stages_before: dict[str, Any],
+    batches_before: dict[str, Any],
+    *,
+    audio_s: float,
+) -> None:
+    """The Pipeline counted one more task in every stage of the service's path, and the
+    Separator's forward passes took no longer than the Pipeline waited for them."""
+    stages = pipeline.stage_totals.remote().result()
+    batches = separator.batch_stats.remote().result()
+    assert stages["tasks"] == stages_before["tasks"] + 1
+    assert stages["audio_s"] == pytest.approx(stages_before["audio_s"] + audio_s)
+    grown = {
+        stage: seconds - stages_before["seconds"].get(stage, 0.0)
+        for stage, seconds in stages["seconds"].items()
+    }
+    assert set(grown) <= set(STAGES)
+    for stage in ("fetch", "decode", "model", "overlap_add", "encode", "store"):
+        assert grown.get(stage, 0.0) > 0, (stage, grown)
+    forward_s = batches["forward_s"] - batches_before["forward_s"]
+    assert batches["windows"] > batches_before["windows"]
+    assert 0 < forward_s <= grown["model"]
 
 
 def test_failed_task_reports_a_reason(service: Service, recorder: Recorder) -> None:

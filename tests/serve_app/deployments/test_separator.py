@@ -56,6 +56,8 @@ def test_batches_follow_user_config_and_match_the_engine(service: Service, model
     assert stats["torch_threads"] == available_cores()
     assert max(stats["sizes"]) <= 3
     assert sum(size * count for size, count in stats["sizes"].items()) == 6
+    assert stats["windows"] == 6
+    assert stats["forward_s"] > 0
     assert max(stats["tasks_per_batch"]) > 1
     model = ModelStore(load_routing(), model_dir=model_dir, use_hub=False).get("htdemucs_6s")
     expected = separate_windows(model, windows, sources=("vocals", "drums"))
