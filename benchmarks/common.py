@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import resource
 from pathlib import Path
 
@@ -42,3 +43,12 @@ def model_folder(root: Path, like: str, *, small: bool = False) -> Path:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_name(cpuinfo: str) -> str:
+    """The first `model name` of /proc/cpuinfo's text, else the platform's word for it."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine()
