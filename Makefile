@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch range is already satisfied and pip does not fetch a CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install system-packages run test-model test lint typecheck unit clean
+.PHONY: install system-packages run test-model bench test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ run: install
 # stems are noise: it only shows that the service works end to end.
 test-model: install
 	$(BIN)/python -m models make-test-model data/models --like htdemucs_6s --small
+
+# Issue 17's scenarios against their baselines, one table (benchmarks/suite.py; about 15
+# minutes on 2 cores). BENCH_ARGS="--profile full" runs the sizes the issue names.
+bench: install
+	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

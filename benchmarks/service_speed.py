@@ -132,8 +132,11 @@ def main() -> None:
 
 
 @contextmanager
-def running_service(url: str | None, models: Path, root: Path) -> Iterator[str]:
-    """The service's base URL: `url`, or one started from local.yaml and stopped after."""
+def running_service(
+    url: str | None, models: Path, root: Path, *, engine: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """The service's base URL: `url`, or one started from local.yaml and stopped after,
+    its `engine` settings updated with `engine`."""
     if url:
         url = loopback_url(url)
         wait_ready(url, timeout_s=60)
@@ -149,11 +152,16 @@ def running_service(url: str | None, models: Path, root: Path) -> Iterator[str]:
         use_hub=False,
         public_url=f"http://127.0.0.1:{port}",
     )
+    app_args.setdefault("engine", {}).update(engine or {})
+    root.mkdir(parents=True, exist_ok=True)
     config_path = root / "service.yaml"
     config_path.write_text(yaml.safe_dump(config))
     # As `make run` does: the replicas refuse a database that is not at the schema's head.
     subprocess.run(
-        [sys.executable, "-m", "serve_app", "migrate", str(config_path)], cwd=REPO, check=True
+        [sys.executable, "-m", "serve_app", "migrate", str(config_path)],
+        cwd=REPO,
+        check=True,
+        stdout=sys.stderr,  # the report alone goes to stdout
     )
     log = (root / "service.log").open("wb")
     serve = Path(sys.executable).parent / "serve"
