@@ -113,6 +113,12 @@ def main() -> None:
     parser.add_argument("--url", help="a running service (default: start one from local.yaml)")
     parser.add_argument("--model-dir", type=Path, help="where the running service's model is")
     parser.add_argument("--small", action="store_true", help="tiny model, for a smoke run")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="the started service's engine.precision (default fp32, as apply_model computes)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     if args.url and not args.model_dir:
@@ -124,7 +130,8 @@ def main() -> None:
         long_song = write_song(root / "long.wav", args.seconds)
         short_song = write_song(root / "short.wav", args.concurrent_seconds)
         bag = load_model(MODEL, model_dir=models, use_hub=False)
-        with running_service(args.url, models, root) as url:
+        engine = {"precision": args.precision}
+        with running_service(args.url, models, root, engine=engine) as url:
             report = compare(url, bag, long_song, short_song, args)
     print(format_report(report))
     if args.json:

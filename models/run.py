@@ -33,7 +33,7 @@ from models.audio.domain import to_model_input
 from models.audio.encode import FORMATS, OutputConverter, StemEncoder, check_supported
 from models.audio.samples import Samples
 from models.engine.batching import SeparationModel, separate_windows
-from models.engine.devices import resolve_device, resolve_precision
+from models.engine.devices import REQUESTED_PRECISIONS, resolve_device, resolve_precision
 from models.engine.geometry import Geometry
 from models.engine.track import WindowRunner, stream_track
 from models.errors import AudioError
@@ -118,12 +118,19 @@ class PassModels(Protocol):
 @dataclass
 class LocalModels:
     """The models of a `ModelStore`, run in this process on `device` in `precision` (one of
-    engine.PRECISIONS: `auto` is resolved by then); `clock` counts their loading as LOAD."""
+    engine.REQUESTED_PRECISIONS: `auto` is resolved per model, by its family);
+    `clock` counts their loading as LOAD."""
 
     store: ModelStore
     device: torch.device
     precision: str = "fp32"
     clock: StageClock = NO_CLOCK
+
+    def __post_init__(self) -> None:
+        if self.precision not in REQUESTED_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {REQUESTED_PRECISIONS}, got {self.precision!r}"
+            )
 
     @property
     def routing(self) -> Routing:
@@ -137,13 +144,19 @@ class LocalModels:
     def runner(self, model: str) -> WindowRunner:
         """`separate_windows` on the loaded model."""
         loaded = self._loaded(model)
+        precision = self.precision_of(model)
 
         def run(windows: Sequence[torch.Tensor], sources: Sequence[str]) -> list[torch.Tensor]:
             return separate_windows(
-                loaded, windows, sources=sources, device=self.device, precision=self.precision
+                loaded, windows, sources=sources, device=self.device, precision=precision
             )
 
         return run
+
+    def precision_of(self, model: str) -> str:
+        """The precision routing entry `model` computes in here."""
+        family = self.routing.all_models()[model].family
+        return resolve_precision(self.precision, self.device, family=family)
 
     def _loaded(self, model: str) -> SeparationModel:
         if model in self.store.loaded:
@@ -317,7 +330,7 @@ def separate_file(
     device = resolve_device(options.device)
     separated = job.run(
         source,
-        LocalModels(store, device, resolve_precision(options.precision, device), clock),
+        LocalModels(store, device, options.precision, clock),
         out_dir,
         limits=limits,
         clean=functools.partial(preprocess, device=device.type),

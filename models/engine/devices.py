@@ -6,6 +6,10 @@ checks do not tell: `torch.backends.cpu.get_cpu_capability()` says `AVX512` with
 bf16 instructions, and `torch.ops.mkldnn._is_mkldnn_bf16_supported()` is true on any
 AVX-512 CPU, bf16 instructions or not (oneDNN then emulates them). On CUDA, native is compute
 capability 8.0 or later (`torch.cuda.is_bf16_supported(including_emulation=False)`).
+
+`auto` is also a choice per model family: bf16 only for the families whose stems stay
+above 40 dB SDR from fp32's (`AUTO_BF16_FAMILIES`, from benchmarks/precision.py; the
+README's "bf16 against fp32 on the CPU"), fp32 for the others wherever they run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ REQUESTED_PRECISIONS = ("auto", *PRECISIONS)  # what a setting may name; `auto` 
 DEVICES = ("auto", "cpu", "cuda")
 CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Families whose bf16 stems stayed above 40 dB SDR from their fp32 stems.
+AUTO_BF16_FAMILIES = frozenset({"demucs"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,14 +40,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(requested: str, device: torch.device, *, cpuinfo: str | None = None) -> str:
+def resolve_precision(
+    requested: str,
+    device: torch.device,
+    *,
+    family: str | None = None,
+    cpuinfo: str | None = None,
+) -> str:
     """The precision to compute in on `device`: fp32 and bf16 as asked; `auto` is bf16
-    where `device` does bf16 natively, else fp32. `cpuinfo` is the text of /proc/cpuinfo
-    (read when None)."""
+    where `device` does bf16 natively and `family` (when given) is one of
+    AUTO_BF16_FAMILIES, else fp32. `cpuinfo` is the text of /proc/cpuinfo (read when
+    None)."""
     if requested not in REQUESTED_PRECISIONS:
         raise ValueError(f"precision must be one of {REQUESTED_PRECISIONS}, got {requested!r}")
     if requested != "auto":
         return requested
+    if family is not None and family not in AUTO_BF16_FAMILIES:
+        return "fp32"
     return "bf16" if native_bf16(device, cpuinfo=cpuinfo) else "fp32"
 
 

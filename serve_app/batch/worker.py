@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from models.audio.decode import DecodeLimits
-from models.engine.devices import resolve_device, resolve_precision
+from models.engine.devices import resolve_device
 from models.engine.gather import gathered
 from models.engine.threads import available_cores
 from models.preprocess.steps import preprocess
@@ -78,7 +78,7 @@ class TrackSeparator:
         # Ray sets OMP_NUM_THREADS to the actor's CPU share; the forward pass may use
         # every core the actor's process may run on, as the Separator's does.
         self.models = gathered(
-            LocalModels(store, device, resolve_precision(spec.options.precision, device)),
+            LocalModels(store, device, spec.options.precision),
             max_windows=spec.options.batch_size * tracks,
             threads=available_cores() if device.type == "cpu" else None,
         )

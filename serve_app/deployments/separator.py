@@ -109,7 +109,7 @@ class Separator:
         self.model_dir = Path(model_dir) if model_dir else None
         self.use_hub = use_hub
         self.device = resolve_device(engine.device)
-        self.precision = resolve_precision(engine.precision, self.device)
+        self.precision = resolve_precision(engine.precision, self.device, family=entry.family)
         self.threads = use_threads(engine.threads)
         self.batches = 0
         self.windows = 0

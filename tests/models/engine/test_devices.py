@@ -61,6 +61,19 @@ def test_auto_is_bf16_where_the_cpu_does_bf16_natively(cpuinfo: str, expected: s
     assert resolve_precision("auto", CPU, cpuinfo=cpuinfo) == expected
 
 
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [("demucs", "bf16"), ("mdx23c", "fp32"), ("bs_roformer", "fp32"), ("scnet", "fp32")],
+)
+def test_auto_is_bf16_only_for_families_that_keep_their_stems_in_it(
+    family: str, expected: str
+) -> None:
+    assert resolve_precision("auto", CPU, family=family, cpuinfo=ZEN4) == expected
+    # Without native bf16 no family gets it; a named precision is kept for every family.
+    assert resolve_precision("auto", CPU, family=family, cpuinfo=SKYLAKE_X) == "fp32"
+    assert resolve_precision("bf16", CPU, family=family, cpuinfo=SKYLAKE_X) == "bf16"
+
+
 @pytest.mark.parametrize("cpuinfo", [ZEN4, SKYLAKE_X])
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_a_named_precision_is_kept_whatever_the_cpu(cpuinfo: str, precision: str) -> None:

@@ -122,6 +122,14 @@ def test_its_load_errors_reach_the_caller() -> None:
         routing_of("absent").get("shares")
 
 
+def test_auto_precision_is_fp32_for_a_family_not_measured_in_bf16() -> None:
+    store = routing_of()
+    assert LocalModels(store, torch.device("cpu"), "auto").precision_of("shares") == "fp32"
+    assert LocalModels(store, torch.device("cpu"), "bf16").precision_of("shares") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LocalModels(store, torch.device("cpu"), "fp16")
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_a_track_runs_through_cuts_and_overlap_add(batch_size: int) -> None:
     models = LocalModels(routing_of(), torch.device("cpu"))
