@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,14 @@ def model_folder(root: Path, like: str, *, small: bool = False) -> Path:
     if not (folder / f"{like}.yaml").exists():
         make_test_model(folder, like, small=small)
     return folder
+
+
+def chosen_families(parser: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated `--families` in `text`, each one of `known`; a usage error else."""
+    families = [name.strip() for name in text.split(",") if name.strip()]
+    if not families or any(name not in known for name in families):
+        parser.error(f"--families: choose from {', '.join(known)}, got {text!r}")
+    return families
 
 
 def peak_rss_mb() -> float:

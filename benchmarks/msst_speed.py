@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.architectures import ARCHITECTURES
-from benchmarks.common import RATE, cpu_name, write_song
+from benchmarks.common import RATE, chosen_families, cpu_name, write_song
 from models.audio.decode import decode
 from models.engine.devices import CPUINFO
 from models.engine.track import collect_track
@@ -288,10 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Measure each family asked, print the table and write the JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
-    unknown = [name for name in families if name not in FAMILIES]
-    if unknown or not families:
-        parser.error(f"--families: choose from {', '.join(FAMILIES)}, got {args.families!r}")
+    families = chosen_families(parser, args.families, list(FAMILIES))
     if args.seconds <= 0 or args.rounds < 1:
         parser.error("--seconds must be positive and --rounds at least 1")
     if args.chunk_seconds < 0 or args.num_overlap < 0:

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.architectures import ARCHITECTURES, Architecture
-from benchmarks.common import RATE, cpu_name, write_song
+from benchmarks.common import RATE, chosen_families, cpu_name, write_song
 from models.audio.decode import decode
 from models.engine.batching import SeparationModel
 from models.engine.devices import (
@@ -164,10 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Measure each family asked, print the table and write the JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
-    unknown = [name for name in families if name not in ARCHITECTURES]
-    if unknown or not families:
-        parser.error(f"--families: choose from {', '.join(ARCHITECTURES)}, got {args.families!r}")
+    families = chosen_families(parser, args.families, list(ARCHITECTURES))
     if args.seconds <= 0 or args.rounds < 1:
         parser.error("--seconds must be positive and --rounds at least 1")
     if (args.chunk_seconds is not None and args.chunk_seconds <= 0) or (
