@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from models.audio.encode import StemEncoder
 from models.families.demucs.testmodel import make_test_model
@@ -48,6 +52,25 @@ def chosen_families(parser: argparse.ArgumentParser, text: str, known: Sequence[
     if not families or any(name not in known for name in families):
         parser.error(f"--families: choose from {', '.join(known)}, got {text!r}")
     return families
+
+
+def write_family_report(
+    args: argparse.Namespace, header: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Write a per-family benchmark's rows to `args.json`, with the date, the header lines,
+    its options (seconds, rounds, small, chunk_seconds, num_overlap) and torch's threads."""
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "header": list(header),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "small": args.small,
+        "chunk_seconds": args.chunk_seconds,
+        "num_overlap": args.num_overlap,
+        "threads": torch.get_num_threads(),
+        "rows": list(rows),
+    }
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def peak_rss_mb() -> float:

@@ -25,22 +25,20 @@ published RoFormers take about half a minute per audio second on a small CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.architectures import ARCHITECTURES
-from benchmarks.common import RATE, chosen_families, cpu_name, write_song
+from benchmarks.common import RATE, chosen_families, cpu_name, write_family_report, write_song
 from models.audio.decode import decode
-from models.engine.devices import CPUINFO
+from models.engine.devices import this_cpuinfo
 from models.engine.track import collect_track
 from models.families.msst.chunking import ChunkTiling, demix, plan_chunks
 from models.families.msst.family import MsstModel
@@ -295,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--chunk-seconds and --num-overlap must not be negative")
     args.chunk_seconds = args.chunk_seconds or None
     args.num_overlap = args.num_overlap or None
-    cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    cpuinfo = this_cpuinfo()
     header = header_lines(args, cpuinfo)
     print("\n".join([*header, COLUMNS]), flush=True)
     rows: list[Row] = []
@@ -312,18 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(format_rows(rows[-1:]).split("\n", 1)[1], flush=True)
     if args.json:
-        report = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "header": header,
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "small": args.small,
-            "chunk_seconds": args.chunk_seconds,
-            "num_overlap": args.num_overlap,
-            "threads": torch.get_num_threads(),
-            "rows": [asdict(row) for row in rows],
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_family_report(args, header, [asdict(row) for row in rows])
 
 
 if __name__ == "__main__":

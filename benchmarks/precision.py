@@ -22,27 +22,25 @@ second, not the layers it goes through.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from benchmarks.architectures import ARCHITECTURES, Architecture
-from benchmarks.common import RATE, chosen_families, cpu_name, write_song
+from benchmarks.common import RATE, chosen_families, cpu_name, write_family_report, write_song
 from models.audio.decode import decode
 from models.engine.batching import SeparationModel
 from models.engine.devices import (
-    CPUINFO,
     NATIVE_BF16_FLAGS,
     PRECISIONS,
     cpu_flags,
     resolve_precision,
+    this_cpuinfo,
 )
 from models.engine.track import collect_track
 from models.testing.quality import sdr_db
@@ -171,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.num_overlap is not None and args.num_overlap < 1
     ):
         parser.error("--chunk-seconds must be positive and --num-overlap at least 1")
-    cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    cpuinfo = this_cpuinfo()
     header = header_lines(args, cpuinfo)
     print("\n".join([*header, COLUMNS]), flush=True)
     rows: list[Row] = []
@@ -191,18 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows.append(measure(architecture, model, mix, args.rounds))
             print(table_line(rows[-1]), flush=True)
     if args.json:
-        report = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "header": header,
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "small": args.small,
-            "chunk_seconds": args.chunk_seconds,
-            "num_overlap": args.num_overlap,
-            "threads": torch.get_num_threads(),
-            "rows": [asdict(row) for row in rows],
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_family_report(args, header, [asdict(row) for row in rows])
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from benchmarks.service_speed import (
     separate_by_demucs,
     separate_by_service,
 )
-from models.engine.devices import CPUINFO, cpu_flags, resolve_precision
+from models.engine.devices import cpu_flags, resolve_precision, this_cpuinfo
 from models.families.demucs.loading import load_model
 from serve_app.deployments.separator import separator_name
 
@@ -124,14 +124,11 @@ def seconds(values: Sequence[float]) -> str:
 class Run:
     """One service (one precision) and the baselines it is compared with."""
 
-    def __init__(
-        self, url: str, bag: BagOfModels, probe: StageProbe, precision: str, root: Path
-    ) -> None:
+    def __init__(self, url: str, bag: BagOfModels, probe: StageProbe, precision: str) -> None:
         self.url = url
         self.bag = bag
         self.probe = probe
         self.precision = precision
-        self.root = root
         self.completions = Completions()
 
     def close(self) -> None:
@@ -321,7 +318,7 @@ def precision_rows(
         None, models, root / f"service-{setting}", engine={"precision": setting}
     ) as url:
         probe = StageProbe(APP, separator_name(MODEL))
-        run = Run(url, bag, probe, precision, root)
+        run = Run(url, bag, probe, precision)
         try:
             run.service(short)  # a warm-up: first-call costs are not the subject
             for length in profile.one_track_s if scenarios & {1, 4} else ():
@@ -420,10 +417,7 @@ def format_table(rows: Sequence[Row], header: Sequence[str]) -> str:
 
 
 def header_lines(args: argparse.Namespace, started: datetime, took_s: float) -> list[str]:
-    try:
-        cpuinfo = CPUINFO.read_text()
-    except OSError:
-        cpuinfo = ""
+    cpuinfo = this_cpuinfo()
     flags = cpu_flags(cpuinfo)
     native = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
     return [

@@ -14,6 +14,7 @@ README's "bf16 against fp32 on the CPU"), fp32 for the others wherever they run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,11 +68,18 @@ def native_bf16(device: torch.device, *, cpuinfo: str | None = None) -> bool:
     if device.type != "cpu":
         return False
     if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text()
-        except OSError:  # not Linux: no flags to go by, so fp32
-            return False
+        cpuinfo = this_cpuinfo()
     return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
+
+
+@functools.cache
+def this_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo, read once; empty where there is none (not Linux: no
+    flags to go by, so fp32)."""
+    try:
+        return CPUINFO.read_text()
+    except OSError:
+        return ""
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
