@@ -66,7 +66,8 @@ WRITE_BLOCK = 1 << 18  # frames per encoder call for whole-track derived stems
 class EngineOptions:
     """How the segment engine runs; the defaults are deterministic fp32 on the CPU.
     `device` is one of engine.DEVICES: `auto` picks CUDA when present. `precision` is one
-    of engine.REQUESTED_PRECISIONS: `auto` is bf16 where the device does it natively."""
+    of engine.REQUESTED_PRECISIONS: `auto` is bf16 where the device does it natively, for
+    the families in AUTO_BF16_FAMILIES."""
 
     batch_size: int = 1
     overlap: float = 0.25
